@@ -1,0 +1,6 @@
+"""Modality adapters: one file per model family, all meeting :class:`ModalityAdapter`."""
+
+from mmalign.adapters.base import LoraSettings, ModalityAdapter
+from mmalign.adapters.causal_lm import CausalLMAdapter
+
+__all__ = ["CausalLMAdapter", "LoraSettings", "ModalityAdapter"]

@@ -1,0 +1,48 @@
+"""The contract every modality adapter meets (see ../shared/DESIGN.md)."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LoraSettings:
+    """LoRA through peft. The reference model is the same network with the adapters disabled."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModalityAdapter(Protocol):
+    """Turns a batch into one score per item; the objectives never see the model."""
+
+    module: nn.Module  # what the optimizer trains (replaced by its accelerate-wrapped form)
+
+    def encode(self, record: Any) -> dict:
+        """Pre-process one validated record (tokenize, load media); may raise DataError."""
+
+    def collate(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
+        """Stack encoded records into a batch laid out ``[chosen; rejected]``."""
+
+    def prepare(self, batch: dict, generator: torch.Generator | None) -> dict:
+        """Draw what policy and reference must share (noise, timesteps); ``{}`` for LMs."""
+
+    def score(self, batch: dict, aux: dict) -> torch.Tensor:
+        """``[2B]`` surrogate log-likelihoods, chosen first."""
+
+    def reference(self) -> AbstractContextManager:
+        """Within this context :meth:`score` uses the reference model."""
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def save_pretrained(self, path: str) -> None:
+        """The final artifact, in the form its ecosystem loads (PEFT adapter or full weights)."""
