@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -106,10 +107,12 @@ class OfflinePreference:
                 f"{self.ckpt_root} already holds checkpoints; pass train.resume=true (or --resume) to continue, "
                 "or choose another output_dir"
             )
+        # accelerate only sets up multi-process CPU training (gloo) when told cpu=True.
+        cpu_ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
         self.accelerator = accel = Accelerator(
             gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
             mixed_precision=acfg.mixed_precision,
-            cpu=acfg.cpu,
+            cpu=acfg.cpu or cpu_ranks,
             log_with=acfg.log_with or None,
             project_dir=str(self.out),
         )
