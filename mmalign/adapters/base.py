@@ -44,5 +44,5 @@ class ModalityAdapter(Protocol):
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
-    def save_pretrained(self, path: str) -> None:
+    def save_pretrained(self, path: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """The final artifact, in the form its ecosystem loads (PEFT adapter or full weights)."""

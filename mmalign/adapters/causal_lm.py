@@ -243,7 +243,8 @@ class CausalLMAdapter:
             for k, v in state.items():
                 own[k].copy_(v)
 
-    def save_pretrained(self, path: str) -> None:
-        """A PEFT adapter (LoRA) or full weights, plus the tokenizer, in safetensors."""
-        self.model.save_pretrained(path, safe_serialization=True)
+    def save_pretrained(self, path: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """A PEFT adapter (LoRA) or full weights, plus the tokenizer, in safetensors.
+        ``state_dict``: gathered weights when a sharding engine (ZeRO-3/FSDP) holds them."""
+        self.model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)

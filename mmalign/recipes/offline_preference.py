@@ -95,7 +95,7 @@ class OfflinePreference:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedType, set_seed
 
         cfg, tcfg = self.cfg, self.cfg.train
         acfg = cfg.accelerate
@@ -140,7 +140,12 @@ class OfflinePreference:
         # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would
         # step it once per process).
         self.scheduler = build_scheduler(optimizer, tcfg.lr_scheduler, warmup_steps=warmup, total_steps=tcfg.max_steps)
+        if accel.state.deepspeed_plugin is not None:  # no prepared dataloader tells DeepSpeed the batch size
+            accel.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = tcfg.batch_size
         self.adapter.module, self.optimizer = accel.prepare(self.adapter.module, optimizer)
+        # Under DeepSpeed/FSDP weights and optimizer state are sharded: checkpoints then hold the
+        # engine's own sharded state (accelerate save_state) instead of our safetensors files.
+        self.sharded = accel.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
         self.params = params
 
         self.step, self.micro_step = 0, 0
@@ -226,6 +231,8 @@ class OfflinePreference:
         n = len(self.train_encoded)
         self.adapter.module.train()
         bar = tqdm(total=tcfg.max_steps, initial=self.step, desc="train", disable=not (self.main and tcfg.progress))
+        if self.step == 0 and tcfg.eval_every:
+            self.evaluate()  # the step-0 baseline of every eval curve
         sums: dict[str, float] = {}
         count, t0 = 0, time.perf_counter()
         while self.step < tcfg.max_steps:
@@ -310,12 +317,14 @@ class OfflinePreference:
             tmp.mkdir(parents=True)
         accel.wait_for_everyone()
         ckpt.write_rng(tmp, accel.process_index)
+        if self.sharded:
+            accel.save_state(str(tmp / "engine"))
         accel.wait_for_everyone()
         if self.main:
             ckpt.write_checkpoint(
                 tmp,
-                trainable=self.adapter.trainable_state_dict(),
-                optimizer=self.optimizer.state_dict(),
+                trainable=None if self.sharded else self.adapter.trainable_state_dict(),
+                optimizer=None if self.sharded else self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(),
                 state={"step": self.step, "micro_step": self.micro_step, "seed": self.cfg.seed},
             )
@@ -325,8 +334,11 @@ class OfflinePreference:
 
     def _load_checkpoint(self, path: Path) -> None:
         data = ckpt.read_checkpoint(path, self.accelerator.process_index)
-        self.adapter.load_trainable_state_dict(data["trainable"])
-        self.optimizer.load_state_dict(data["optimizer"])
+        if self.sharded:
+            self.accelerator.load_state(str(path / "engine"))
+        else:
+            self.adapter.load_trainable_state_dict(data["trainable"])
+            self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         if data["rng"] is not None:
             ckpt.set_rng_state(data["rng"])
@@ -339,10 +351,12 @@ class OfflinePreference:
         accel = self.accelerator
         if self.step > 0 and not ckpt.checkpoint_dir(self.ckpt_root, self.step).exists():
             self.save_checkpoint()
+        # Gathers sharded weights (all ranks must call it); a no-op view on one device or DDP.
+        state = accel.get_state_dict(self.adapter.module) if self.sharded else None
         if self.main:
             final = self.out / "final"
             self.adapter.model.eval()
-            self.adapter.save_pretrained(str(final))
+            self.adapter.save_pretrained(str(final), state_dict=state)
             save_config(self.cfg, final / "mmalign_config.yaml")
             if self.cfg.train.plot:
                 plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png", PLOT_KEYS)

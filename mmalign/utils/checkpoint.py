@@ -107,16 +107,19 @@ def tmp_dir(root: str | Path, step: int) -> Path:
 def write_checkpoint(
     tmp: Path,
     *,
-    trainable: dict[str, torch.Tensor],
-    optimizer: dict,
+    trainable: dict[str, torch.Tensor] | None,
+    optimizer: dict | None,
     scheduler: dict,
     state: dict,
 ) -> None:
-    """Write the shared (main-process) files into ``tmp``; ranks add ``rng-rank{r}`` themselves."""
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-    opt_tensors, opt_meta = optimizer_to_files(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+    """Write the shared (main-process) files into ``tmp``; ranks add ``rng-rank{r}`` themselves.
+    ``trainable``/``optimizer`` are None when a sharding engine saved its own state."""
+    if trainable is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+    if optimizer is not None:
+        opt_tensors, opt_meta = optimizer_to_files(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
     (tmp / "scheduler.json").write_text(json.dumps(_plain(scheduler)))
     # state.json is written last: its presence marks the content complete.
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -129,8 +132,9 @@ def write_rng(tmp: Path, rank: int) -> None:
 def commit(tmp: Path, final: Path, keep_last: int | None = None) -> None:
     """Rename ``tmp`` to ``final`` (atomic on one filesystem), then prune old checkpoints."""
     for fh in tmp.iterdir():  # flush file contents before the rename makes them visible
-        with open(fh, "rb") as f:
-            os.fsync(f.fileno())
+        if fh.is_file():
+            with open(fh, "rb") as f:
+                os.fsync(f.fileno())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -141,11 +145,12 @@ def commit(tmp: Path, final: Path, keep_last: int | None = None) -> None:
 
 def read_checkpoint(path: Path, rank: int) -> dict[str, Any]:
     rng_file = path / f"rng-rank{rank}.safetensors"
+    has_weights = (path / "trainable.safetensors").is_file()
     return {
-        "trainable": load_file(str(path / "trainable.safetensors")),
+        "trainable": load_file(str(path / "trainable.safetensors")) if has_weights else None,
         "optimizer": optimizer_from_files(
             load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text())
-        ),
+        ) if has_weights else None,
         "scheduler": json.loads((path / "scheduler.json").read_text()),
         "state": json.loads((path / STATE_FILE).read_text()),
         "rng": load_file(str(rng_file)) if rng_file.is_file() else None,

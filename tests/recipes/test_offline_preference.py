@@ -30,9 +30,11 @@ def test_cli_lora_run_trains_the_adapter_and_not_the_base(make_config, tiny_lm_d
     out = tmp_path / "out"
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
-    assert [r["step"] for r in rows if r["split"] == "eval"] == [2, 4]
-    for key in ("loss", "rewards/margin", "rewards/accuracy", "lr", "grad_norm"):
-        assert key in rows[0]
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [0, 2, 4]
+    assert rows[0]["loss"] == pytest.approx(0.6931, abs=1e-4)  # step 0: policy == reference
+    first_train = next(r for r in rows if r["split"] == "train")
+    for key in ("loss", "rewards/margin", "rewards/accuracy", "lr", "grad_norm", "step_time"):
+        assert key in first_train
     assert (out / "curves.png").stat().st_size > 1000 and (out / "config.yaml").is_file()
     assert list(out.rglob("events.out.tfevents*")), "no TensorBoard events"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
