@@ -5,14 +5,16 @@ generated preference pairs (arithmetic questions behind a filler preamble of ~``
 tokens), the same batch size, full fine-tuning against a frozen reference copy, fp32, AdamW
 (``torch.optim.AdamW``, no weight decay), constant lr, grad-norm clipping at 1.0, sigmoid loss
 with beta 0.1, and no truncation (``max_length`` 1024 on both sides; the script checks that every
-pair fits). Each side runs in its own subprocess with the same thread count, and reports:
+pair fits). Each side runs in its own subprocess with the same thread count (``--threads``, also
+``OMP_NUM_THREADS``), ``--rounds`` times, alternating which side goes first, and reports:
 
-- step time: median over the steps after ``--warmup``. mmalign: the ``step_time`` the recipe
-  writes to ``metrics.jsonl`` (wall time of one optimizer step, including collation). TRL: a
+- step time: median over the steps after ``--warmup`` in every round, pooled. mmalign: the
+  ``step_time`` the recipe writes to ``metrics.jsonl`` (wall time of one optimizer step,
+  including collation). TRL: a
   ``TrainerCallback`` timing ``on_step_begin`` -> ``on_step_end`` (forward/backward/clip/optimizer,
   not data loading or logging), plus ``on_step_end`` -> ``on_step_end`` (the whole loop).
-- memory: RSS right after model/trainer setup, peak RSS (``ru_maxrss``) at the end, and
-  ``torch.cuda.max_memory_allocated`` when training on a GPU.
+- memory (median over rounds): RSS right after model/trainer setup, peak RSS (``ru_maxrss``) at
+  the end, and ``torch.cuda.max_memory_allocated`` when a GPU is used (it is whenever one exists).
 
     python benchmarks/bench_dpo_vs_trl.py                  # both sides, table and ratios
     python benchmarks/bench_dpo_vs_trl.py --side trl ...   # one side (used internally)
@@ -154,9 +156,6 @@ def child(args) -> None:
 
 
 def parent(args) -> None:
-    import torch
-    import transformers
-    import trl
     from transformers import AutoTokenizer
 
     from mmalign.utils.tiny import build_tiny_causal_lm
@@ -173,39 +172,52 @@ def parent(args) -> None:
         assert max(lengths) < MAX_LENGTH, "a pair would be truncated; lower --prompt-tokens"
         (work / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-        results = {}
-        for side in ("mmalign", "trl"):
-            cmd = [sys.executable, __file__, "--side", side, "--work", str(work)] + [
-                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("side", "work")]
-            log = work / f"{side}.log"
-            with log.open("w") as fh:
-                proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-            if proc.returncode != 0:
-                sys.exit(f"{side} failed (rc {proc.returncode}):\n{log.read_text()[-4000:]}")
-            results[side] = json.loads((work / f"{side}.json").read_text())
+        results: dict[str, list[dict]] = {"mmalign": [], "trl": []}
+        for r in range(args.rounds):  # alternate the order so bursts of load on the host hit both sides
+            for side in ("mmalign", "trl") if r % 2 == 0 else ("trl", "mmalign"):
+                cmd = [sys.executable, __file__, "--side", side, "--work", str(work)] + [
+                    f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("side", "work")]
+                log = work / f"{side}.log"
+                with log.open("w") as fh:
+                    proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+                if proc.returncode != 0:
+                    sys.exit(f"{side} failed (rc {proc.returncode}):\n{log.read_text()[-4000:]}")
+                results[side].append(json.loads((work / f"{side}.json").read_text()))
+    report(args, results, len(tok), prompt_lens)
+
+
+def report(args, results: dict[str, list[dict]], vocab: int, prompt_lens: list[int]) -> None:
+    import torch
+    import transformers
+    import trl
+
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
           f"{args.threads} threads, cuda={torch.cuda.is_available()}")
-    print(f"model: Llama hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}; batch {args.batch_size} pairs, "
-          f"prompts {min(prompt_lens)}-{max(prompt_lens)} tokens; {args.steps} steps, median over steps > {args.warmup}")
-    med = {}
-    for side, r in results.items():
-        med[side] = statistics.median(r["step_times"][args.warmup:])
-    loop = statistics.median(results["trl"]["loop_times"][max(0, args.warmup - 1):])
-    rows = [("median step time (s)", med["mmalign"], med["trl"]),
-            ("setup RSS (MiB)", results["mmalign"]["setup_rss_mb"], results["trl"]["setup_rss_mb"]),
-            ("peak RSS (MiB)", results["mmalign"]["peak_rss_mb"], results["trl"]["peak_rss_mb"]),
-            ("peak - setup RSS (MiB)", *(results[s]["peak_rss_mb"] - results[s]["setup_rss_mb"] for s in ("mmalign", "trl")))]
-    if results["trl"]["cuda_peak_mb"] is not None:
-        rows.append(("CUDA max allocated (MiB)", results["mmalign"]["cuda_peak_mb"], results["trl"]["cuda_peak_mb"]))
+    print(f"model: Llama hidden {args.hidden}, {args.layers} layers, vocab {vocab}; batch {args.batch_size} pairs, "
+          f"prompts {min(prompt_lens)}-{max(prompt_lens)} tokens; {args.rounds} rounds x {args.steps} steps per side, "
+          f"first {args.warmup} steps of each round left out")
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    steps = {s: [t for r in rs for t in r["step_times"][args.warmup:]] for s, rs in results.items()}
+    loop = [t for r in results["trl"] for t in r["loop_times"][max(0, args.warmup - 1):]]
+    mem = lambda s, key: med([r[key] for r in results[s]])  # noqa: E731
+    rows = [("median step time (s)", med(steps["mmalign"]), med(steps["trl"])),
+            ("fastest step (s)", min(steps["mmalign"]), min(steps["trl"])),
+            ("setup RSS (MiB)", mem("mmalign", "setup_rss_mb"), mem("trl", "setup_rss_mb")),
+            ("peak RSS (MiB)", mem("mmalign", "peak_rss_mb"), mem("trl", "peak_rss_mb")),
+            ("peak - setup RSS (MiB)", *(med([r["peak_rss_mb"] - r["setup_rss_mb"] for r in results[s]])
+                                         for s in ("mmalign", "trl")))]
+    if results["trl"][0]["cuda_peak_mb"] is not None:
+        rows.append(("CUDA max allocated (MiB)", mem("mmalign", "cuda_peak_mb"), mem("trl", "cuda_peak_mb")))
     print(f"\n| {'metric':<26} | {'mmalign':>9} | {'TRL':>9} | {'mmalign/TRL':>11} |")
     print(f"|{'-' * 28}|{'-' * 11}|{'-' * 11}|{'-' * 13}|")
     for name, a, b in rows:
         print(f"| {name:<26} | {a:>9.3f} | {b:>9.3f} | {a / b:>11.3f} |")
-    print(f"\nTRL on_step_end->on_step_end (whole loop incl. data/logging): median {loop:.3f} s "
-          f"(mmalign/TRL {med['mmalign'] / loop:.3f})")
-    for side, r in results.items():
-        print(f"{side}: step times {[round(t, 3) for t in r['step_times']]}; "
-              f"loss {r['loss'][0]:.4f} -> {r['loss'][-1]:.4f}; subprocess wall {r['total_s']:.1f} s")
+    print(f"\nTRL on_step_end->on_step_end (whole loop, incl. data loading and logging): median {med(loop):.3f} s")
+    for side, rs in results.items():
+        for i, r in enumerate(rs):
+            print(f"{side} round {i}: median {med(r['step_times'][args.warmup:]):.3f} s, steps "
+                  f"{[round(t, 3) for t in r['step_times']]}; loss {r['loss'][0]:.4f} -> {r['loss'][-1]:.4f}; "
+                  f"subprocess wall {r['total_s']:.1f} s")
 
 
 def main() -> None:
@@ -216,8 +228,9 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step (2x sequences per forward)")
-    p.add_argument("--steps", type=int, default=15)
-    p.add_argument("--warmup", type=int, default=3, help="steps left out of the median")
+    p.add_argument("--steps", type=int, default=10, help="optimizer steps per side per round")
+    p.add_argument("--warmup", type=int, default=2, help="first steps of each round left out of the median")
+    p.add_argument("--rounds", type=int, default=3, help="alternating runs of each side (pooled)")
     p.add_argument("--prompt-tokens", type=int, default=96)
     p.add_argument("--pairs", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-5)
