@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mmalign.adapters.base import LoraSettings
-from mmalign.data.pairs import DataError, PreferencePair
+from mmalign.data.pairs import DataError, PreferencePair, stack_rewards
 from mmalign.registry import register
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -165,7 +165,8 @@ class CausalLMAdapter:
                 record.source, None, "prompt",
                 f"{len(prompt)} prompt tokens leave no room for the completion within max_length={self.max_length}",
             )
-        return {"prompt": prompt, "chosen": completions[0][:room], "rejected": completions[1][:room]}
+        return {"prompt": prompt, "chosen": completions[0][:room], "rejected": completions[1][:room],
+                "reward_chosen": record.reward_chosen, "reward_rejected": record.reward_rejected}
 
     def collate(self, encoded: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         """``[2B, P + C]`` batch: left-padded prompts, right-padded completions, chosen rows first."""
@@ -183,7 +184,7 @@ class CausalLMAdapter:
             attention[i, p_len - len(p): p_len + len(c)] = 1
             completion[i, : len(c)] = 1
         return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion,
-                "num_tokens": completion.sum(-1)}
+                "num_tokens": completion.sum(-1), **stack_rewards(encoded)}
 
     # ------------------------------------------------------------------ scoring
     def prepare(self, batch: dict, generator: torch.Generator | None = None) -> dict:

@@ -45,8 +45,8 @@ class PreferencePair:
     rejected: Text
     tie: bool = False
     labels: dict[str, str] = field(default_factory=dict)
-    reward_chosen: float | None = None
-    reward_rejected: float | None = None
+    reward_chosen: float | dict[str, float] | None = None
+    reward_rejected: float | dict[str, float] | None = None
     source: str = ""  # "file:line", for error messages downstream
 
     @property
@@ -137,6 +137,37 @@ def _split_implicit_prompt(chosen: list, rejected: list, source: str, line: int)
     return chosen[:n], chosen[n:], rejected[n:]
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_reward(value: Any, source: str, line: int, name: str) -> float | dict[str, float] | None:
+    """A scalar reward or per-dimension rewards ``{dim: number}``."""
+    if value is None:
+        return None
+    if _number(value):
+        return float(value)
+    if isinstance(value, dict) and value and all(_number(v) for v in value.values()):
+        return {str(k): float(v) for k, v in value.items()}
+    raise DataError(source, line, name, f"expected a number or a mapping {{dimension: number}}, got {value!r}")
+
+
+def stack_rewards(items: list[dict]) -> dict[str, Any]:
+    """``{"rewards": [2B] or [2B, D], "reward_dims": (...)}`` from items holding ``reward_chosen`` /
+    ``reward_rejected`` (``{}`` when any item has none), laid out ``[chosen; rejected]``."""
+    import torch
+
+    values = [it.get("reward_chosen") for it in items] + [it.get("reward_rejected") for it in items]
+    if not values or any(v is None for v in values):
+        return {}
+    if isinstance(values[0], dict):
+        dims = tuple(sorted(values[0]))
+        if any(not isinstance(v, dict) or tuple(sorted(v)) != dims for v in values):
+            raise ValueError(f"records in one batch name different reward dimensions (expected {dims})")
+        return {"rewards": torch.tensor([[v[d] for d in dims] for v in values]), "reward_dims": dims}
+    return {"rewards": torch.tensor(values, dtype=torch.float32), "reward_dims": ()}
+
+
 def validate_record(row: Any, source: str, line: int) -> PreferencePair:
     """Turn one raw record into a :class:`PreferencePair` or raise :class:`DataError`."""
     if not isinstance(row, dict):
@@ -168,12 +199,14 @@ def validate_record(row: Any, source: str, line: int) -> PreferencePair:
     for dim, value in labels.items():
         if value not in LABEL_VALUES:
             raise DataError(source, line, f"labels.{dim}", f"{value!r} is not one of {', '.join(LABEL_VALUES)}")
-    rewards = {}
-    for name in ("reward_chosen", "reward_rejected"):
-        value = row.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise DataError(source, line, name, f"expected a number, got {value!r}")
-        rewards[name] = None if value is None else float(value)
+    rewards = {name: _check_reward(row.get(name), source, line, name) for name in ("reward_chosen", "reward_rejected")}
+    if (rewards["reward_chosen"] is None) != (rewards["reward_rejected"] is None):
+        missing = "reward_rejected" if rewards["reward_rejected"] is None else "reward_chosen"
+        raise DataError(source, line, missing, "missing (give both rewards or neither)")
+    if isinstance(rewards["reward_chosen"], dict) and (
+        not isinstance(rewards["reward_rejected"], dict) or set(rewards["reward_chosen"]) != set(rewards["reward_rejected"])
+    ):
+        raise DataError(source, line, "reward_rejected", "must name the same dimensions as reward_chosen")
     return PreferencePair(prompt, chosen, rejected, tie, dict(labels), source=f"{source}:{line}", **rewards)
 
 

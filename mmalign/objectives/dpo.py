@@ -96,9 +96,20 @@ def preference_metrics(
     }
 
 
+def beta_schedule_factor(t: torch.Tensor, schedule: str) -> torch.Tensor:
+    """Multiplier of β per example: 1 (``constant``) or ``(1 − t)²`` (``flow_quadratic``, t = noise level)."""
+    if schedule == "constant":
+        return torch.ones_like(t, dtype=torch.float32)
+    if schedule == "flow_quadratic":
+        return (1 - t.float()) ** 2
+    raise ValueError(f"unknown beta_schedule {schedule!r}; valid: constant, flow_quadratic")
+
+
 @register("objective", "dpo")
 class DPO:
     """DPO family on paired scores: sigmoid (cDPO with label_smoothing), robust, IPO, hinge; optional RPO NLL."""
+
+    needs_reference = True
 
     def __init__(
         self,
@@ -120,15 +131,18 @@ class DPO:
         if rpo_alpha < 0:
             raise ValueError(f"rpo_alpha must be >= 0, got {rpo_alpha}")
         self.beta, self.loss_type, self.label_smoothing, self.rpo_alpha = beta, loss_type, label_smoothing, rpo_alpha
+        self.beta_schedule = "constant"
 
     def __call__(
-        self, policy: torch.Tensor, ref: torch.Tensor, num_tokens: torch.Tensor | None = None
+        self, policy: torch.Tensor, ref: torch.Tensor, batch: dict | None = None, aux: dict | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Losses ``[B]`` and per-example metrics from ``[2B]`` scores laid out ``[chosen; rejected]``.
 
-        ``num_tokens`` (``[2B]``, text only) turns summed log-probs into per-token averages for IPO
-        and for the RPO NLL, as TRL does.
+        ``batch["num_tokens"]`` (``[2B]``, text only) turns summed log-probs into per-token
+        averages for IPO and for the RPO NLL, as TRL does. ``aux["t"]`` (``[2B]``, flow models)
+        feeds the timestep-dependent β schedule.
         """
+        num_tokens = (batch or {}).get("num_tokens")
         policy_chosen, policy_rejected = policy.float().chunk(2)
         ref_chosen, ref_rejected = ref.float().chunk(2)
         metrics = preference_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.beta)
@@ -138,14 +152,59 @@ class DPO:
             averaged = (policy_chosen / n_chosen, policy_rejected / n_rejected, ref_chosen / n_chosen, ref_rejected / n_rejected)
         else:
             n_chosen, averaged = None, scores
-        losses = dpo_loss(
-            *(averaged if self.loss_type == "ipo" else scores),
-            beta=self.beta,
-            loss_type=self.loss_type,
-            label_smoothing=self.label_smoothing,
-        )
+        scores = averaged if self.loss_type == "ipo" else scores
+        if self.beta_schedule != "constant":
+            # β_t multiplies the margin; dpo_loss takes a scalar β, so fold the factor into the scores.
+            factor = beta_schedule_factor(aux["t"].chunk(2)[0].to(policy.device), self.beta_schedule)
+            scores = tuple(s * factor for s in scores)
+        losses = dpo_loss(*scores, beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing)
         if self.rpo_alpha:
             nll = -policy_chosen / n_chosen if n_chosen is not None else -policy_chosen
             losses = losses + self.rpo_alpha * nll
             metrics["nll"] = nll.detach()
         return losses, metrics
+
+
+@register("objective", "flow_dpo")
+class FlowDPO(DPO):
+    """Flow-DPO: DPO on -||v - (eps - x0)||^2 scores at shared noise and t; constant beta, opt-in beta(1-t)^2."""
+
+    def __init__(
+        self,
+        beta: float = 100.0,
+        loss_type: LossType = "sigmoid",
+        label_smoothing: float = 0.0,
+        rpo_alpha: float = 0.0,
+        beta_schedule: Literal["constant", "flow_quadratic"] = "constant",
+    ):
+        """
+        Args:
+            beta: multiplies the margin of mean-squared-error scores (flow_grpo's SD3 configs use 100).
+            beta_schedule: ``constant`` (the paper's choice) or ``flow_quadratic``: β_t = β(1 − t)²,
+                derived from Diffusion-DPO; it over-weights high-noise steps and reward-hacked in the paper.
+            loss_type, label_smoothing, rpo_alpha: as for ``dpo``.
+        """
+        super().__init__(beta, loss_type, label_smoothing, rpo_alpha)
+        beta_schedule_factor(torch.zeros(1), beta_schedule)
+        self.beta_schedule = beta_schedule
+
+
+@register("objective", "diffusion_dpo")
+class DiffusionDPO(DPO):
+    """Diffusion-DPO for epsilon/v models: DPO on -||pred - target||^2 at shared noise and t."""
+
+    def __init__(
+        self,
+        beta: float = 2500.0,
+        loss_type: LossType = "sigmoid",
+        label_smoothing: float = 0.0,
+        rpo_alpha: float = 0.0,
+    ):
+        """
+        Args:
+            beta: multiplies the margin of per-example *mean* squared errors directly. The original
+                Diffusion-DPO code writes ``-0.5 * beta`` with β = 5000; diffusers' training example
+                drops the ½ with β = 2500. We follow diffusers: our β = 2500 is the paper's 5000.
+            loss_type, label_smoothing, rpo_alpha: as for ``dpo``.
+        """
+        super().__init__(beta, loss_type, label_smoothing, rpo_alpha)

@@ -6,7 +6,7 @@
     policy = adapter.score(batch, aux)               # [2B], chosen first
     with torch.no_grad(), adapter.reference():
         ref = adapter.score(batch, aux)              # or read from the precomputed cache
-    losses, metrics = objective(policy, ref, batch.get("num_tokens"))
+    losses, metrics = objective(policy, ref, batch, aux)
     accelerator.backward(losses.mean())
 
 Runs unchanged on one CPU, one GPU, or under ``accelerate launch`` (DDP, DeepSpeed, FSDP).
@@ -120,8 +120,9 @@ class OfflinePreference:
         self.main = accel.is_main_process
 
         self.data = registry.build("data", cfg.data, seed=cfg.seed)
-        self.adapter = registry.build("adapter", cfg.adapter, reference_copy=not tcfg.precompute_ref)
         self.objective = registry.build("objective", cfg.objective)
+        needs_ref = self.objective.needs_reference
+        self.adapter = registry.build("adapter", cfg.adapter, reference_copy=needs_ref and not tcfg.precompute_ref)
         self.train_encoded = self._encode(self.data.train, "train")
         self.eval_encoded = self._encode(self.data.eval, "eval")
         global_batch = tcfg.batch_size * accel.num_processes
@@ -133,7 +134,7 @@ class OfflinePreference:
         if accel.mixed_precision in ("bf16", "fp16"):
             self.adapter.cast_frozen(torch.bfloat16 if accel.mixed_precision == "bf16" else torch.float16)
 
-        self.ref_cache = self._precompute_reference() if tcfg.precompute_ref else None
+        self.ref_cache = self._precompute_reference() if tcfg.precompute_ref and needs_ref else None
         params = [p for p in self.adapter.model.parameters() if p.requires_grad]
         optimizer = registry.build("optim", cfg.optim, params=params)
         warmup = tcfg.warmup_steps or math.ceil(tcfg.warmup_ratio * tcfg.max_steps)
@@ -217,13 +218,14 @@ class OfflinePreference:
         aux = adapter.prepare(batch, self._generator(micro_step))
         with accel.autocast():
             policy = adapter.score(batch, aux)
-            if self.ref_cache is not None:
+            if not self.objective.needs_reference:
+                ref = None
+            elif self.ref_cache is not None:
                 ref = self.ref_cache[split][idx].to(accel.device).T.reshape(-1)  # [chosen; rejected]
             else:
                 with torch.no_grad(), adapter.reference():
-                    ref = adapter.score(batch, aux)
-        losses, metrics = self.objective(policy, ref.detach(), batch.get("num_tokens"))
-        return losses, metrics
+                    ref = adapter.score(batch, aux).detach()
+        return self.objective(policy, ref, batch, aux)
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:

@@ -37,7 +37,7 @@ CALL_KWARGS = {
     "sd3": dict(height=16, width=16, max_sequence_length=16),
     "flux": dict(height=16, width=16, max_sequence_length=16),
     "wan": dict(height=32, width=32, num_frames=9, max_sequence_length=16),
-    "ltx": dict(height=16, width=16, num_frames=9, max_sequence_length=16),
+    "ltx": dict(height=32, width=32, num_frames=9, max_sequence_length=16),  # LTX needs H, W % 32 == 0
     "sd15": dict(height=16, width=16),
     "sd15_v": dict(height=16, width=16),
     "stable_audio": dict(audio_end_in_s=1.0),
@@ -47,7 +47,7 @@ CALL_KWARGS = {
 }
 OUTPUT_SHAPE = {
     "sd3": (1, 3, 16, 16), "flux": (1, 3, 16, 16), "sd15": (1, 3, 16, 16), "sd15_v": (1, 3, 16, 16),
-    "wan": (1, 9, 3, 32, 32), "ltx": (1, 9, 3, 16, 16), "hunyuan_video": (1, 9, 3, 16, 16),
+    "wan": (1, 9, 3, 32, 32), "ltx": (1, 9, 3, 32, 32), "hunyuan_video": (1, 9, 3, 16, 16),
     "stable_audio": (1, 2, 64), "audioldm": (1, 128),
 }
 
@@ -239,7 +239,12 @@ def _sd15(prediction_type: str):
 
 
 def _stable_audio():
+    import importlib.util
+
     import diffusers as d
+
+    if importlib.util.find_spec("torchsde") is None:  # CosineDPMSolverMultistepScheduler imports it
+        raise ImportError("the stable_audio family needs `torchsde` (pip install torchsde)")
 
     te, tok = _t5(32, model_max_length=64)
     transformer = d.StableAudioDiTModel(

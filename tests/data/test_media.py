@@ -116,6 +116,7 @@ def frame_dir(tmp_path, n: int = 12):
     for i in range(n):  # unpadded names: natural order f2 < f10
         Image.new("RGB", (6, 4), (i * 20, 0, 0)).save(folder / f"f{i}.png")
     (folder / "notes.txt").write_text("ignored")
+    (folder / "._f3.png").write_bytes(b"macOS metadata, ignored")
     return folder
 
 
@@ -270,3 +271,21 @@ def test_check_media_non_path_value_and_bad_frame_file(tmp_path):
     with pytest.raises(DataError, match="frames differ in size"):
         check_media(folder, "video", source="p.jsonl", line=6, field="video")
     assert check_media(folder, "video", source="p.jsonl", line=6, field="video", size=4).shape == (3, 3, 4, 4)
+
+
+def test_mp4_without_pyav_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "av", None)  # as if PyAV were not installed
+    (tmp_path / "c.mp4").write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match=r"p\.jsonl:1: field 'video': .*c\.mp4: .*needs PyAV: pip install av"):
+        check_media(tmp_path / "c.mp4", "video", source="p.jsonl", line=1, field="video")
+    with pytest.raises(ImportError, match="pip install av"):
+        save_video(smooth_video(2), tmp_path / "out.mp4")
+
+
+def test_image_grid_layout_matches_torchvision(tmp_path):
+    from torchvision.utils import make_grid
+
+    images = torch.rand(5, 3, 6, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    want = make_grid(images, nrow=3, padding=2, pad_value=-1.0)
+    got = load_image(save_image_grid(images, tmp_path / "g.png", nrow=3, padding=2))
+    assert got.shape == want.shape and torch.allclose(got, want, atol=STEP / 2 + 1e-6)

@@ -77,11 +77,11 @@ def test_objective_ipo_averages_per_token_and_rpo_adds_nll():
     ref = torch.tensor([-6.0, -6.0])
     tokens = torch.tensor([2, 3])
     ipo = DPO(beta=0.5, loss_type="ipo")
-    loss, _ = ipo(policy, ref, tokens)
+    loss, _ = ipo(policy, ref, {"num_tokens": tokens})
     # averaged: chosen (-4 - -6)/2 = 1, rejected 0 -> margin 1; (1 - 1)^2 = 0
     assert loss.item() == pytest.approx(0.0, abs=1e-7)
     rpo = DPO(beta=0.5, rpo_alpha=2.0)
-    loss, metrics = rpo(policy, ref, tokens)
+    loss, metrics = rpo(policy, ref, {"num_tokens": tokens})
     nll = 4.0 / 2  # mean token NLL of the chosen completion
     assert metrics["nll"].item() == pytest.approx(nll)
     assert loss.item() == pytest.approx(-log_sigmoid(0.5 * 2.0) + 2.0 * nll, rel=1e-6)

@@ -44,6 +44,6 @@ def test_full_pipeline_loss_matches_trl(tiny_lm_dir, tmp_path, loss_type):
         policy = adapter.score(mb)
         with adapter.reference():
             ref = adapter.score(mb)
-        losses, _ = DPO(beta=0.5, loss_type=loss_type, label_smoothing=eps)(policy, ref, mb["num_tokens"])
+        losses, _ = DPO(beta=0.5, loss_type=loss_type, label_smoothing=eps)(policy, ref, mb)
     assert (policy - ref).abs().min() > 1e-3  # the comparison is not at the trivial zero margin
     torch.testing.assert_close(losses.mean(), trl_loss.float(), rtol=2e-5, atol=2e-5)
