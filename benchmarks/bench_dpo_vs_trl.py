@@ -13,8 +13,14 @@ pair fits). Each side runs in its own subprocess with the same thread count (``-
   including collation). TRL: a
   ``TrainerCallback`` timing ``on_step_begin`` -> ``on_step_end`` (forward/backward/clip/optimizer,
   not data loading or logging), plus ``on_step_end`` -> ``on_step_end`` (the whole loop).
+  Each step also records the share of the machine's CPU that *other* processes used meanwhile
+  (``/proc/stat`` minus this process); "quiet steps" are those where it stayed under ``--quiet``.
 - memory (median over rounds): RSS right after model/trainer setup, peak RSS (``ru_maxrss``) at
   the end, and ``torch.cuda.max_memory_allocated`` when a GPU is used (it is whenever one exists).
+
+The default is one thread: on a shared 2-core machine two OpenMP threads slow down 10-50x whenever
+another process takes a core, which swamps any difference between the trainers (``--threads 2``
+for the other setting).
 
     python benchmarks/bench_dpo_vs_trl.py                  # both sides, table and ratios
     python benchmarks/bench_dpo_vs_trl.py --side trl ...   # one side (used internally)
@@ -52,6 +58,19 @@ def rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def cpu_sample() -> tuple[float, int, int]:
+    """(wall time, busy jiffies of the whole machine incl. steal, jiffies of this process)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return time.perf_counter(), sum(f[:8]) - f[3] - f[4], int(own[11]) + int(own[12])
+
+
+def others_load(a: tuple, b: tuple) -> float:
+    """Share of the machine's CPU that other processes used between two samples (0 = quiet)."""
+    capacity = (b[0] - a[0]) * os.sysconf("SC_CLK_TCK") * os.cpu_count()
+    return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / capacity)
 
 
 def make_pairs(tokenizer, n: int, prompt_tokens: int, seed: int = 0) -> list[dict]:
@@ -92,10 +111,18 @@ def run_mmalign(args, model_dir: Path, data: Path, work: Path) -> dict:
     recipe = OfflinePreference(load_config(path))
     recipe.setup()
     setup_rss = rss_mb()
+    samples, write = [cpu_sample()], recipe.metrics.write  # sample the machine's load at each step's log line
+
+    def write_and_sample(*a, **k):
+        samples.append(cpu_sample())
+        write(*a, **k)
+
+    recipe.metrics.write = write_and_sample
     recipe.train()  # no evaluate()/cleanup(): checkpoint and final-weight saving are not timed here
     rows = [json.loads(x) for x in (work / "mmalign_out" / "metrics.jsonl").read_text().splitlines() if x.strip()]
     train = [r for r in rows if r.get("split") == "train"]
-    return {"step_times": [r["step_time"] for r in train], "loss": [r["loss"] for r in train], "setup_rss_mb": setup_rss}
+    return {"step_times": [r["step_time"] for r in train], "loss": [r["loss"] for r in train],
+            "others": [others_load(a, b) for a, b in zip(samples, samples[1:])], "setup_rss_mb": setup_rss}
 
 
 def run_trl(args, model_dir: Path, data: Path, work: Path) -> dict:
@@ -106,21 +133,22 @@ def run_trl(args, model_dir: Path, data: Path, work: Path) -> dict:
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.begin, self.inner, self.loop, self.last_end = 0.0, [], [], None
+            self.begin, self.inner, self.loop, self.others, self.last_end = None, [], [], [], None
 
         def _now(self):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            return time.perf_counter()
+            return cpu_sample()
 
         def on_step_begin(self, *a, **k):
             self.begin = self._now()
 
         def on_step_end(self, *a, **k):
             now = self._now()
-            self.inner.append(now - self.begin)
+            self.inner.append(now[0] - self.begin[0])
+            self.others.append(others_load(self.begin, now))
             if self.last_end is not None:
-                self.loop.append(now - self.last_end)
+                self.loop.append(now[0] - self.last_end[0])
             self.last_end = now
 
     config = DPOConfig(
@@ -139,7 +167,8 @@ def run_trl(args, model_dir: Path, data: Path, work: Path) -> dict:
     setup_rss = rss_mb()
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"step_times": timer.inner, "loop_times": timer.loop, "loss": losses, "setup_rss_mb": setup_rss}
+    return {"step_times": timer.inner, "loop_times": timer.loop, "loss": losses, "others": timer.others,
+            "setup_rss_mb": setup_rss}
 
 
 def child(args) -> None:
@@ -191,33 +220,37 @@ def report(args, results: dict[str, list[dict]], vocab: int, prompt_lens: list[i
     import transformers
     import trl
 
+    med, sides, w = statistics.median, ("mmalign", "trl"), args.warmup
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
-          f"{args.threads} threads, cuda={torch.cuda.is_available()}")
+          f"{args.threads} thread(s), cuda={torch.cuda.is_available()}")
     print(f"model: Llama hidden {args.hidden}, {args.layers} layers, vocab {vocab}; batch {args.batch_size} pairs, "
           f"prompts {min(prompt_lens)}-{max(prompt_lens)} tokens; {args.rounds} rounds x {args.steps} steps per side, "
-          f"first {args.warmup} steps of each round left out")
-    med = lambda xs: statistics.median(xs)  # noqa: E731
-    steps = {s: [t for r in rs for t in r["step_times"][args.warmup:]] for s, rs in results.items()}
-    loop = [t for r in results["trl"] for t in r["loop_times"][max(0, args.warmup - 1):]]
-    mem = lambda s, key: med([r[key] for r in results[s]])  # noqa: E731
-    rows = [("median step time (s)", med(steps["mmalign"]), med(steps["trl"])),
-            ("fastest step (s)", min(steps["mmalign"]), min(steps["trl"])),
-            ("setup RSS (MiB)", mem("mmalign", "setup_rss_mb"), mem("trl", "setup_rss_mb")),
-            ("peak RSS (MiB)", mem("mmalign", "peak_rss_mb"), mem("trl", "peak_rss_mb")),
-            ("peak - setup RSS (MiB)", *(med([r["peak_rss_mb"] - r["setup_rss_mb"] for r in results[s]])
-                                         for s in ("mmalign", "trl")))]
+          f"first {w} of each round left out")
+    steps = {s: [t for r in results[s] for t in r["step_times"][w:]] for s in sides}
+    quiet = {s: [t for r in results[s] for t, o in zip(r["step_times"][w:], r["others"][w:]) if o < args.quiet]
+             for s in sides}
+    per_round = lambda key: [med([r[key] for r in results[s]]) for s in sides]  # noqa: E731
+    rows = [("median step time (s)", *(med(steps[s]) for s in sides))]
+    if min(len(q) for q in quiet.values()) >= 3:
+        rows.append((f"  quiet steps ({len(quiet['mmalign'])}/{len(quiet['trl'])})", *(med(quiet[s]) for s in sides)))
+    rows += [("fastest step (s)", *(min(steps[s]) for s in sides)),
+             ("setup RSS (MiB)", *per_round("setup_rss_mb")),
+             ("peak RSS (MiB)", *per_round("peak_rss_mb")),
+             ("peak - setup RSS (MiB)", *(med([r["peak_rss_mb"] - r["setup_rss_mb"] for r in results[s]]) for s in sides))]
     if results["trl"][0]["cuda_peak_mb"] is not None:
-        rows.append(("CUDA max allocated (MiB)", mem("mmalign", "cuda_peak_mb"), mem("trl", "cuda_peak_mb")))
+        rows.append(("CUDA max allocated (MiB)", *per_round("cuda_peak_mb")))
     print(f"\n| {'metric':<26} | {'mmalign':>9} | {'TRL':>9} | {'mmalign/TRL':>11} |")
     print(f"|{'-' * 28}|{'-' * 11}|{'-' * 11}|{'-' * 13}|")
     for name, a, b in rows:
         print(f"| {name:<26} | {a:>9.3f} | {b:>9.3f} | {a / b:>11.3f} |")
-    print(f"\nTRL on_step_end->on_step_end (whole loop, incl. data loading and logging): median {med(loop):.3f} s")
-    for side, rs in results.items():
-        for i, r in enumerate(rs):
-            print(f"{side} round {i}: median {med(r['step_times'][args.warmup:]):.3f} s, steps "
-                  f"{[round(t, 3) for t in r['step_times']]}; loss {r['loss'][0]:.4f} -> {r['loss'][-1]:.4f}; "
-                  f"subprocess wall {r['total_s']:.1f} s")
+    loop = [t for r in results["trl"] for t in r["loop_times"][max(0, w - 1):]]
+    print(f"\nTRL on_step_end->on_step_end (whole loop incl. data loading, logging): median {med(loop):.3f} s")
+    print(f"quiet step: other processes used < {args.quiet:.0%} of the machine's CPU during it")
+    for s in sides:
+        for i, r in enumerate(results[s]):
+            print(f"{s} round {i}: median {med(r['step_times'][w:]):.3f} s; loss {r['loss'][0]:.4f} -> "
+                  f"{r['loss'][-1]:.4f}; subprocess {r['total_s']:.1f} s\n  step s  {[round(t, 2) for t in r['step_times']]}"
+                  f"\n  others {[round(o, 2) for o in r['others']]}")
 
 
 def main() -> None:
@@ -234,7 +267,9 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=96)
     p.add_argument("--pairs", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch/OMP threads on both sides (see docstring)")
+    p.add_argument("--quiet", type=float, default=0.1,
+                   help="a step is 'quiet' when other processes used less than this share of the machine's CPU")
     args = p.parse_args()
     child(args) if args.side else parent(args)
 

@@ -1,6 +1,8 @@
 """``mmalign train|validate|list`` -- the command line.
 
     mmalign train CONFIG [key.sub=value ...] [--resume]
+    mmalign cache CONFIG [key.sub=value ...]
+    mmalign sample CONFIG [key.sub=value ...]
     mmalign validate CONFIG [key.sub=value ...] [--no-data]
     mmalign list [KIND]
 
@@ -47,6 +49,36 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    import torch
+
+    from mmalign import registry
+    from mmalign.adapters.diffusion import write_encoding_cache
+    from mmalign.registry import ConfigError
+
+    cfg = _load(args)
+    if cfg.adapter is None or cfg.adapter["name"] != "diffusion":
+        raise ConfigError("adapter: `mmalign cache` encodes media for the 'diffusion' adapter")
+    root = cfg.adapter.get("cache_dir")
+    if not root:
+        raise ConfigError("adapter.cache_dir: set where the encoding cache goes (then training reads it)")
+    data = registry.build("data", cfg.data, seed=cfg.seed)
+    adapter = registry.build("adapter", {**cfg.adapter, "cache_dir": None}, reference_copy=False)
+    device = "cuda" if torch.cuda.is_available() and not cfg.accelerate.cpu else "cpu"
+    path = write_encoding_cache(adapter, data.train + data.eval, root, device=device,
+                                batch_size=getattr(cfg.train, "batch_size", 8))
+    print(f"wrote the encoding cache of {len(data.train) + len(data.eval)} pairs to {path}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from mmalign.recipes.sample import run_sample
+
+    written = run_sample(_load(args))
+    print(f"wrote {len(written)} files to {written[0].parent if written else '-'}")
+    return 0
+
+
 def cmd_list(args) -> int:
     import mmalign  # noqa: F401  (fills the registries)
     from mmalign import registry
@@ -81,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.add_argument("--no-data", action="store_true", help="skip reading and validating the data files")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("cache", help="encode a dataset's media and prompts once (VAE latents, text encodings)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("sample", help="generate from prompts with a base or fine-tuned model")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("list", help="print the registered adapters, objectives, rewards, data, optimizers, recipes")
     p.add_argument("kind", nargs="?")

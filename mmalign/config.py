@@ -35,7 +35,7 @@ from mmalign import registry
 from mmalign.registry import ConfigError, nearest
 
 COMPONENT_SECTIONS = ("adapter", "objective", "reward", "data", "optim")
-TOP_LEVEL = ("recipe", "seed", "output_dir", *COMPONENT_SECTIONS, "train", "accelerate")
+TOP_LEVEL = ("recipe", "seed", "output_dir", *COMPONENT_SECTIONS, "train", "accelerate", "sample")
 
 
 @dataclass
@@ -55,6 +55,27 @@ class AccelerateConfig:
 
 
 @dataclass
+class SampleConfig:
+    """The ``sample:`` section, read by ``mmalign sample`` (any recipe's config may carry it)."""
+
+    prompts: list[str] = field(default_factory=list, metadata={"help": "Prompts to generate from."})
+    prompts_file: str | None = field(default=None, metadata={"help": "Text file, one prompt per line."})
+    weights: str | None = field(
+        default=None, metadata={"help": "Trained weights (LoRA or full); default OUTPUT_DIR/final if it exists, "
+                                        "'base' for the base model."})
+    num_per_prompt: int = 1
+    num_inference_steps: int = 28
+    guidance_scale: float = 4.5
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    seconds: float | None = None
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    out_dir: str | None = field(default=None, metadata={"help": "Default OUTPUT_DIR/samples."})
+
+
+@dataclass
 class RunConfig:
     """A validated run: component sections stay dicts (built through the registry); ``train``
     and ``accelerate`` are dataclass instances."""
@@ -69,6 +90,7 @@ class RunConfig:
     optim: dict | None
     train: Any
     accelerate: AccelerateConfig
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict:
         """Plain dicts/lists/scalars, ready for YAML."""
@@ -302,12 +324,14 @@ def validate(data: dict) -> RunConfig:
         sections[kind] = validate_component(kind, value, kind)
     train = build_dataclass(recipe.TrainConfig, data.get("train") or {}, "train")
     accel = build_dataclass(AccelerateConfig, data.get("accelerate") or {}, "accelerate")
+    sample = build_dataclass(SampleConfig, data.get("sample") or {}, "sample")
     return RunConfig(
         recipe=recipe_name,
         seed=check_value(data.get("seed", 0), int, "seed"),
         output_dir=check_value(data.get("output_dir", f"outputs/{recipe_name}"), str, "output_dir"),
         train=train,
         accelerate=accel,
+        sample=sample,
         **sections,
     )
 

@@ -2,5 +2,6 @@
 
 from mmalign.adapters.base import LoraSettings, ModalityAdapter
 from mmalign.adapters.causal_lm import CausalLMAdapter
+from mmalign.adapters.diffusion import DiffusionAdapter
 
-__all__ = ["CausalLMAdapter", "LoraSettings", "ModalityAdapter"]
+__all__ = ["CausalLMAdapter", "DiffusionAdapter", "LoraSettings", "ModalityAdapter"]

@@ -48,6 +48,7 @@ class PreferencePair:
     reward_chosen: float | dict[str, float] | None = None
     reward_rejected: float | dict[str, float] | None = None
     source: str = ""  # "file:line", for error messages downstream
+    data_file: str = ""  # the file (or datasets directory) it came from: relative media paths start there
 
     @property
     def conversational(self) -> bool:
@@ -217,7 +218,9 @@ def load_pairs(path: str | Path, *, split: str = "train", max_records: int | Non
         raise DataError(str(path), None, None, "file not found")
     pairs = []
     for line, row in _read_rows(path, split):
-        pairs.append(validate_record(row, str(path), line))
+        pair = validate_record(row, str(path), line)
+        pair.data_file = str(path)
+        pairs.append(pair)
         if max_records is not None and len(pairs) >= max_records:
             break
     if not pairs:

@@ -64,44 +64,58 @@ _VERB = "running jumping singing playing eating flying sleeping dancing walking 
 CAPTIONS = [
     f"a {a} {n} {v} near the {b} {m}"
     for (a, n, v), (b, m) in zip(itertools.product(_ADJ, _NOUN, _VERB), itertools.cycle(itertools.product(_ADJ, _NOUN)))
-] + ["A painting of a squirrel eating a burger.", "The quick brown fox jumps over the lazy dog, 0 1 2 3 4 5 6 7 8 9!"]
+] + [
+    "A painting of a squirrel eating a burger.", "A photo of an astronaut riding a horse on the moon.",
+    "dance monkey", "A hammer hitting a wooden surface.", "The sound of rain on a window, then thunder.",
+    "A video of waves at sunset; the camera pans slowly (4k, high quality).",
+    "The quick brown fox jumps over the lazy dog? 0 1 2 3 4 5 6 7 8 9 + - * = ! , : ' \" / _ # @ & %",
+]
 
 
-def train_tokenizer(cls, vocab_size: int = 300, corpus=CAPTIONS, **kwargs):
-    """Train a vocabulary for transformers tokenizer class ``cls`` (BPE or Unigram) and build ``cls`` from it.
+def train_tokenizer(cls, vocab_size: int = 1000, corpus=CAPTIONS, **kwargs):
+    """Build transformers tokenizer class ``cls`` (BPE or Unigram) from a vocabulary made from ``corpus``.
 
-    The trained model uses ``cls``'s own normaliser and pre-tokenizer, so ``cls.from_pretrained`` of the
-    saved tokenizer (which rebuilds it from the vocabulary) tokenizes exactly as the returned one.
+    The vocabulary is made with ``cls``'s own normaliser and pre-tokenizer, so ``cls.from_pretrained`` of the
+    saved tokenizer (which rebuilds it from the vocabulary) tokenizes exactly as the returned one. BPE merges
+    are trained with ``tokenizers``; a Unigram vocabulary is every corpus word and character, scored by
+    log-frequency (``tokenizers``' UnigramTrainer keeps almost no whole words on a corpus this small).
     """
+    import math
+    from collections import Counter
+
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     proto = cls(**kwargs)
     backend = proto.backend_tokenizer
     spec = json.loads(backend.to_str())["model"]
     specials = sorted(set(proto.all_special_tokens), key=proto.convert_tokens_to_ids)
+    pre = backend.pre_tokenizer
+    if isinstance(pre, pre_tokenizers.Metaspace) and not pre.split:  # learn pieces within words, as sentencepiece
+        pre = pre_tokenizers.Metaspace(replacement=pre.replacement, prepend_scheme=pre.prepend_scheme, split=True)
     if spec["type"] == "BPE":
         opts = {k: spec[k] for k in ("unk_token", "end_of_word_suffix", "byte_fallback", "fuse_unk") if spec.get(k)}
         tok = Tokenizer(models.BPE(**opts))
+        tok.normalizer, tok.pre_tokenizer = backend.normalizer, pre
         targs = dict(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
         if "ByteLevel" in backend.to_str():
             targs["initial_alphabet"] = pre_tokenizers.ByteLevel.alphabet()
         if spec.get("end_of_word_suffix"):
             targs["end_of_word_suffix"] = spec["end_of_word_suffix"]
-        trainer = trainers.BpeTrainer(**targs)
-    else:
-        tok = Tokenizer(models.Unigram())
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=specials, unk_token=proto.unk_token, show_progress=False
-        )
-    tok.normalizer, tok.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
-    tok.train_from_iterator(list(corpus), trainer=trainer)
-    model = json.loads(tok.to_str())["model"]
-    if spec["type"] == "BPE":
+        tok.train_from_iterator(list(corpus), trainer=trainers.BpeTrainer(**targs))
+        model = json.loads(tok.to_str())["model"]
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         out = cls(vocab=model["vocab"], merges=merges, **kwargs)
     else:
-        out = cls(vocab=[tuple(v) for v in model["vocab"]], **kwargs)
-    assert len(out) > 100, f"{cls.__name__} trained with only {len(out)} tokens"
+        counts = Counter()
+        for line in corpus:
+            text = backend.normalizer.normalize_str(line) if backend.normalizer else line
+            for word, _ in pre.pre_tokenize_str(text):
+                counts[word] += 1
+                counts.update(word)
+        total = sum(counts.values())
+        pieces = [(w, math.log(c / total)) for w, c in counts.most_common(vocab_size - len(specials))]
+        out = cls(vocab=[(s, 0.0) for s in specials] + pieces, **kwargs)
+    assert len(out) > 100, f"{cls.__name__} built with only {len(out)} tokens"
     return out
 
 
@@ -295,7 +309,8 @@ def _hunyuan_video():
     import diffusers as d
     from transformers import LlamaConfig, LlamaModel, LlamaTokenizer
 
-    tok = train_tokenizer(LlamaTokenizer, pad_token="<pad>", model_max_length=512)
+    tok = train_tokenizer(LlamaTokenizer, pad_token="<pad>", add_bos_token=True, padding_side="right",
+                          model_max_length=512)  # right: the pipeline crops the template from the front
     te = LlamaModel(LlamaConfig(
         vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.bos_token_id,

@@ -1,0 +1,146 @@
+"""``mmalign sample CONFIG``: generate from prompts with a base or fine-tuned model.
+
+Flow and diffusion models sample through their stock diffusers pipeline (Euler ODE for the flow
+families, the model's own scheduler otherwise, classifier-free guidance), with the trained LoRA
+loaded the way a user would load it (``pipe.load_lora_weights``). Outputs: a PNG grid and one PNG
+per image; a GIF and an MP4 per video; a WAV and a spectrogram PNG per audio clip; JSONL for text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mmalign.config import RunConfig
+
+
+def resolve_prompts(cfg: RunConfig) -> list[str]:
+    prompts = list(cfg.sample.prompts)
+    if cfg.sample.prompts_file:
+        prompts += [line.strip() for line in Path(cfg.sample.prompts_file).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("sample: give sample.prompts=[...] or sample.prompts_file=FILE")
+    return prompts
+
+
+def resolve_weights(cfg: RunConfig) -> Path | None:
+    """The trained weights to apply: ``sample.weights``, else ``OUTPUT_DIR/final`` if present."""
+    if cfg.sample.weights == "base":
+        return None
+    if cfg.sample.weights is not None:
+        path = Path(cfg.sample.weights)
+        if not path.exists():
+            raise FileNotFoundError(f"sample.weights: {path} does not exist")
+        return path
+    final = Path(cfg.output_dir) / "final"
+    return final if final.exists() else None
+
+
+def load_diffusion_pipeline(pretrained: str, family, weights: Path | None, *, torch_dtype=torch.float32):
+    """The stock pipeline with trained weights applied: a diffusers LoRA via ``load_lora_weights``,
+    a peft LoRA for pipelines without a LoRA loader, or a fully fine-tuned denoiser."""
+    import diffusers
+
+    from mmalign.adapters.diffusion_families import load_peft_lora
+
+    pipe_cls = getattr(diffusers, family.pipeline_class)
+    kwargs = {}
+    if weights is not None and (weights / family.denoiser).is_dir():  # full fine-tuning
+        denoiser_cls = getattr(diffusers, family.denoiser_class(pretrained))
+        kwargs[family.denoiser] = denoiser_cls.from_pretrained(weights / family.denoiser, dtype=torch_dtype)
+    pipe = pipe_cls.from_pretrained(pretrained, dtype=torch_dtype, **kwargs)
+    if weights is not None and (weights / "pytorch_lora_weights.safetensors").is_file():
+        pipe.load_lora_weights(str(weights))
+    elif weights is not None and (weights / "adapter_model.safetensors").is_file():
+        setattr(pipe, family.denoiser, load_peft_lora(getattr(pipe, family.denoiser), str(weights)))
+    return pipe
+
+
+def _pipeline_kwargs(family, sample) -> dict:
+    kwargs = {"num_inference_steps": sample.num_inference_steps, "guidance_scale": sample.guidance_scale}
+    if family.modality in ("image", "video"):
+        kwargs.update({k: getattr(sample, k) for k in ("height", "width") if getattr(sample, k)})
+    if family.modality == "video" and sample.num_frames:
+        kwargs["num_frames"] = sample.num_frames
+    if family.modality == "audio" and sample.seconds:
+        kwargs["audio_end_in_s" if family.name == "stable_audio" else "audio_length_in_s"] = sample.seconds
+    return kwargs
+
+
+@torch.no_grad()
+def sample_diffusion(cfg: RunConfig, out_dir: Path, prompts: list[str]) -> list[Path]:
+    from mmalign.adapters.diffusion_families import FAMILIES, detect_family
+    from mmalign.data import media
+
+    adapter_cfg = cfg.adapter
+    family = FAMILIES[adapter_cfg["family"]]() if adapter_cfg.get("family") else detect_family(adapter_cfg["pretrained"])
+    pipe = load_diffusion_pipeline(adapter_cfg["pretrained"], family, resolve_weights(cfg))
+    pipe.set_progress_bar_config(disable=True)
+    device = "cuda" if torch.cuda.is_available() and not cfg.accelerate.cpu else "cpu"
+    pipe.to(device)
+    written, images = [], []
+    kwargs = _pipeline_kwargs(family, cfg.sample)
+    for i, prompt in enumerate(tqdm(prompts, desc="sample")):
+        generator = torch.Generator(device).manual_seed(cfg.seed + i)
+        for j in range(cfg.sample.num_per_prompt):
+            out = pipe(prompt, generator=generator, output_type="pt" if family.modality == "image" else "np", **kwargs)
+            stem = out_dir / f"{i:04d}_{j}"
+            if family.modality == "image":
+                img = out.images[0] * 2 - 1  # [3, H, W] in [-1, 1]
+                images.append(img.cpu())
+                written.append(media.save_image_grid(img[None], stem.with_suffix(".png"), nrow=1))
+            elif family.modality == "video":
+                frames = torch.from_numpy(out.frames[0]).float()  # [F, H, W, 3] in [0, 1]
+                video = frames.permute(3, 0, 1, 2) * 2 - 1
+                written.append(media.save_video(video, stem.with_suffix(".gif"), fps=8))
+                written.append(media.save_video(video, stem.with_suffix(".mp4"), fps=8))
+            else:
+                audio = torch.as_tensor(out.audios[0]).float()
+                audio = audio if audio.dim() == 2 else audio[None]
+                rate = family.sample_rate
+                written.append(media.save_audio(audio, stem.with_suffix(".wav"), rate))
+                written.append(media.save_spectrogram_png(audio, rate, stem.with_name(stem.name + "_spec.png")))
+    if images:
+        written.append(media.save_image_grid(torch.stack(images), out_dir / "grid.png", nrow=cfg.sample.num_per_prompt))
+    return written
+
+
+@torch.no_grad()
+def sample_text(cfg: RunConfig, out_dir: Path, prompts: list[str]) -> list[Path]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pretrained = cfg.adapter.get("pretrained")
+    weights = resolve_weights(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.adapter.get("tokenizer") or pretrained)
+    model = AutoModelForCausalLM.from_pretrained(weights if weights and (weights / "config.json").is_file() else pretrained)
+    if weights is not None and (weights / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, weights)
+    model.eval()
+    rows = []
+    for i, prompt in enumerate(tqdm(prompts, desc="sample")):
+        torch.manual_seed(cfg.seed + i)
+        ids = tokenizer(prompt, return_tensors="pt")
+        for _ in range(cfg.sample.num_per_prompt):
+            out = model.generate(**ids, max_new_tokens=cfg.sample.max_new_tokens, do_sample=cfg.sample.temperature > 0,
+                                 temperature=cfg.sample.temperature or None, pad_token_id=tokenizer.pad_token_id)
+            rows.append({"prompt": prompt, "completion": tokenizer.decode(out[0, ids["input_ids"].shape[1]:],
+                                                                           skip_special_tokens=True)})
+    path = out_dir / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [path]
+
+
+def run_sample(cfg: RunConfig) -> list[Path]:
+    if cfg.adapter is None:
+        raise ValueError("sample: the config needs an adapter section")
+    out_dir = Path(cfg.sample.out_dir or Path(cfg.output_dir) / "samples")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = resolve_prompts(cfg)
+    if cfg.adapter["name"] == "causal_lm":
+        return sample_text(cfg, out_dir, prompts)
+    return sample_diffusion(cfg, out_dir, prompts)
