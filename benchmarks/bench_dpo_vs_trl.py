@@ -10,11 +10,11 @@ pair fits). Each side runs in its own subprocess with the same thread count (``-
 
 - step time: median over the steps after ``--warmup`` in every round, pooled. mmalign: the
   ``step_time`` the recipe writes to ``metrics.jsonl`` (wall time of one optimizer step,
-  including collation). TRL: a
-  ``TrainerCallback`` timing ``on_step_begin`` -> ``on_step_end`` (forward/backward/clip/optimizer,
-  not data loading or logging), plus ``on_step_end`` -> ``on_step_end`` (the whole loop).
-  Each step also records the share of the machine's CPU that *other* processes used meanwhile
-  (``/proc/stat`` minus this process); "quiet steps" are those where it stayed under ``--quiet``.
+  including collation). TRL: a ``TrainerCallback`` timing ``on_step_begin`` -> ``on_step_end``
+  (forward/backward/clip/optimizer, not data loading or logging), plus ``on_step_end`` ->
+  ``on_step_end`` (the whole loop). Each step also records the share of the machine's CPU that
+  *other* processes used meanwhile (``/proc/stat`` minus this process); "quiet steps" are those
+  where it stayed under ``--quiet``.
 - memory (median over rounds): RSS right after model/trainer setup, peak RSS (``ru_maxrss``) at
   the end, and ``torch.cuda.max_memory_allocated`` when a GPU is used (it is whenever one exists).
 
@@ -155,15 +155,16 @@ def run_trl(args, model_dir: Path, data: Path, work: Path) -> dict:
         output_dir=str(work / "trl_out"), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
         learning_rate=args.lr, lr_scheduler_type="constant", max_grad_norm=1.0, beta=0.1, loss_type=["sigmoid"],
         max_length=MAX_LENGTH, optim="adamw_torch", weight_decay=0.0, seed=0,
-        bf16=False, fp16=False, gradient_checkpointing=False,  # DPOConfig defaults both to True; mmalign: fp32, off
+        bf16=False, fp16=False, activation_checkpointing=False,  # DPOConfig defaults: both on; mmalign: off
         use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", logging_steps=1,
         disable_tqdm=True,
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     timer = StepTimer()
-    trainer = DPOTrainer(model=model, args=config, train_dataset=load_dataset("json", data_files=str(data), split="train"),
-                         processing_class=tokenizer, callbacks=[timer])  # ref_model=None: TRL loads a frozen copy
+    dataset = load_dataset("json", data_files=str(data), split="train")
+    trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[timer])  # ref_model=None: TRL loads a frozen copy from model_dir
     setup_rss = rss_mb()
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -197,7 +198,8 @@ def parent(args) -> None:
         tok = AutoTokenizer.from_pretrained(work / "model")
         pairs = make_pairs(tok, args.pairs, args.prompt_tokens)
         prompt_lens = [len(tok(p["prompt"])["input_ids"]) for p in pairs]
-        lengths = [n + len(tok(p[k])["input_ids"]) + 1 for n, p in zip(prompt_lens, pairs) for k in ("chosen", "rejected")]
+        lengths = [n + len(tok(p[k])["input_ids"]) + 1 for n, p in zip(prompt_lens, pairs)
+                   for k in ("chosen", "rejected")]  # + EOS
         assert max(lengths) < MAX_LENGTH, "a pair would be truncated; lower --prompt-tokens"
         (work / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -236,7 +238,8 @@ def report(args, results: dict[str, list[dict]], vocab: int, prompt_lens: list[i
     rows += [("fastest step (s)", *(min(steps[s]) for s in sides)),
              ("setup RSS (MiB)", *per_round("setup_rss_mb")),
              ("peak RSS (MiB)", *per_round("peak_rss_mb")),
-             ("peak - setup RSS (MiB)", *(med([r["peak_rss_mb"] - r["setup_rss_mb"] for r in results[s]]) for s in sides))]
+             ("peak - setup RSS (MiB)",
+              *(med([r["peak_rss_mb"] - r["setup_rss_mb"] for r in results[s]]) for s in sides))]
     if results["trl"][0]["cuda_peak_mb"] is not None:
         rows.append(("CUDA max allocated (MiB)", *per_round("cuda_peak_mb")))
     print(f"\n| {'metric':<26} | {'mmalign':>9} | {'TRL':>9} | {'mmalign/TRL':>11} |")
@@ -249,7 +252,8 @@ def report(args, results: dict[str, list[dict]], vocab: int, prompt_lens: list[i
     for s in sides:
         for i, r in enumerate(results[s]):
             print(f"{s} round {i}: median {med(r['step_times'][w:]):.3f} s; loss {r['loss'][0]:.4f} -> "
-                  f"{r['loss'][-1]:.4f}; subprocess {r['total_s']:.1f} s\n  step s  {[round(t, 2) for t in r['step_times']]}"
+                  f"{r['loss'][-1]:.4f}; subprocess {r['total_s']:.1f} s"
+                  f"\n  step s  {[round(t, 2) for t in r['step_times']]}"
                   f"\n  others {[round(o, 2) for o in r['others']]}")
 
 

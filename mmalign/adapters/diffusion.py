@@ -173,10 +173,9 @@ class DiffusionAdapter:
             raise DataError(record.source, None, name, f"{path}: file not found")
         try:
             return self.family.load_media(str(path), self)
-        except DataError:
-            raise
-        except Exception as err:  # unreadable or wrongly shaped file
-            raise DataError(record.source, None, name, f"{getattr(record, name)}: {err}") from None
+        except Exception as err:  # unreadable or wrongly shaped file: say which record and field
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            raise DataError(record.source, None, name, message) from None
 
     def encode(self, record: PreferencePair) -> dict:
         """Pixels/waveforms of a pair (or its cached latents) and its prompt; media errors name the record."""

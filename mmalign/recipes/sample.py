@@ -77,6 +77,7 @@ def sample_diffusion(cfg: RunConfig, out_dir: Path, prompts: list[str]) -> list[
 
     adapter_cfg = cfg.adapter
     family = FAMILIES[adapter_cfg["family"]]() if adapter_cfg.get("family") else detect_family(adapter_cfg["pretrained"])
+    family.configure(adapter_cfg["pretrained"], dict(family.load_scheduler(adapter_cfg["pretrained"]).config))
     pipe = load_diffusion_pipeline(adapter_cfg["pretrained"], family, resolve_weights(cfg))
     pipe.set_progress_bar_config(disable=True)
     device = "cuda" if torch.cuda.is_available() and not cfg.accelerate.cpu else "cpu"

@@ -58,8 +58,10 @@ LORA_SUPPORT = {f: {"pipeline_loader": True, "denoiser_peft": True} for f in FAM
 LORA_SUPPORT["stable_audio"] = {"pipeline_loader": False, "denoiser_peft": False}
 LORA_SUPPORT["audioldm"] = {"pipeline_loader": False, "denoiser_peft": True}
 
-_ADJ = "red green blue yellow small big old young happy sad bright dark wooden metal soft loud quiet fast slow tiny".split()
-_NOUN = "cat dog bird fox horse car tree house river mountain drum piano guitar violin voice rain wind ocean city forest".split()
+_ADJ = ("red green blue yellow small big old young happy sad bright dark wooden metal soft loud quiet fast slow "
+        "tiny").split()
+_NOUN = ("cat dog bird fox horse car tree house river mountain drum piano guitar violin voice rain wind ocean city "
+         "forest").split()
 _VERB = "running jumping singing playing eating flying sleeping dancing walking swimming".split()
 CAPTIONS = [
     f"a {a} {n} {v} near the {b} {m}"
@@ -266,7 +268,7 @@ def _stable_audio():
         num_key_value_attention_heads=1, cross_attention_dim=16, time_proj_dim=16, global_states_input_dim=32,
         cross_attention_input_dim=16,
     )
-    vae = d.AutoencoderOobleck(encoder_hidden_size=8, downsampling_ratios=[2, 2], channel_multiples=[1, 2],
+    vae = d.AutoencoderOobleck(encoder_hidden_size=16, downsampling_ratios=[2, 2], channel_multiples=[1, 2],
                                decoder_channels=8, decoder_input_channels=8, audio_channels=2, sampling_rate=64)
     scheduler = d.CosineDPMSolverMultistepScheduler(
         sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", solver_order=2,

@@ -110,7 +110,7 @@ def test_lora_support_is_what_we_record(family, tmp_path):
     key = "unet_lora_layers" if hasattr(pipe, "unet") else "transformer_lora_layers"
     type(pipe).save_lora_weights(tmp_path / "lora", **{key: lora})
     reloaded = DiffusionPipeline.from_pretrained(build_tiny_pipeline(family, tmp_path / "base"))
-    reloaded.load_lora_weights(tmp_path / "lora")
+    reloaded.load_lora_weights(tmp_path / "lora", adapter_name="default")
     loaded = get_peft_model_state_dict(_denoiser(reloaded))
     assert loaded.keys() == lora.keys()
     assert all(torch.equal(loaded[k], lora[k]) for k in lora)
