@@ -231,17 +231,17 @@ def report(args, results: dict[str, list[dict]], vocab: int, prompt_lens: list[i
     steps = {s: [t for r in results[s] for t in r["step_times"][w:]] for s in sides}
     quiet = {s: [t for r in results[s] for t, o in zip(r["step_times"][w:], r["others"][w:]) if o < args.quiet]
              for s in sides}
-    per_round = lambda key: [med([r[key] for r in results[s]]) for s in sides]  # noqa: E731
+    over_rounds = lambda key: [med([r[key] for r in results[s]]) for s in sides]  # noqa: E731
     rows = [("median step time (s)", *(med(steps[s]) for s in sides))]
     if min(len(q) for q in quiet.values()) >= 3:
         rows.append((f"  quiet steps ({len(quiet['mmalign'])}/{len(quiet['trl'])})", *(med(quiet[s]) for s in sides)))
     rows += [("fastest step (s)", *(min(steps[s]) for s in sides)),
-             ("setup RSS (MiB)", *per_round("setup_rss_mb")),
-             ("peak RSS (MiB)", *per_round("peak_rss_mb")),
+             ("setup RSS (MiB)", *over_rounds("setup_rss_mb")),
+             ("peak RSS (MiB)", *over_rounds("peak_rss_mb")),
              ("peak - setup RSS (MiB)",
               *(med([r["peak_rss_mb"] - r["setup_rss_mb"] for r in results[s]]) for s in sides))]
     if results["trl"][0]["cuda_peak_mb"] is not None:
-        rows.append(("CUDA max allocated (MiB)", *per_round("cuda_peak_mb")))
+        rows.append(("CUDA max allocated (MiB)", *over_rounds("cuda_peak_mb")))
     print(f"\n| {'metric':<26} | {'mmalign':>9} | {'TRL':>9} | {'mmalign/TRL':>11} |")
     print(f"|{'-' * 28}|{'-' * 11}|{'-' * 11}|{'-' * 13}|")
     for name, a, b in rows:

@@ -10,6 +10,7 @@ that a model trained here samples correctly with the stock pipeline:
 | flux          | FluxPipeline              | FluxTransformer2DModel       | flow       |
 | wan           | WanPipeline               | WanTransformer3DModel        | flow       |
 | ltx           | LTXPipeline               | LTXVideoTransformer3DModel   | flow       |
+| hunyuan_video | HunyuanVideoPipeline      | HunyuanVideoTransformer3DModel | flow     |
 | sd            | StableDiffusionPipeline   | UNet2DConditionModel         | ε or v     |
 | audioldm      | AudioLDMPipeline          | UNet2DConditionModel (mel)   | ε or v     |
 | stable_audio  | StableAudioPipeline       | StableAudioDiTModel          | v (cosine) |
@@ -237,6 +238,22 @@ class LTX(Family):
         return LTXPipeline._unpack_latents(out, f, h, w, p, pt)
 
 
+class HunyuanVideo(Family):
+    name, pipeline_class, modality = "hunyuan_video", "HunyuanVideoPipeline", "video"
+    guidance_scale = 6.0  # embedded (distilled) guidance, as the pipeline's default
+
+    def encode_media(self, pipe, media):
+        return pipe.vae.encode(media).latent_dist.mode() * pipe.vae.config.scaling_factor
+
+    def encode_prompts(self, pipe, prompts, device):
+        embeds, pooled, mask = pipe.encode_prompt(prompts, device=device)
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled, "encoder_attention_mask": mask}
+
+    def forward(self, module, x_t, t, cond):
+        guidance = torch.full((x_t.shape[0],), self.guidance_scale * 1000.0, device=x_t.device, dtype=x_t.dtype)
+        return module(hidden_states=x_t, timestep=t * 1000, guidance=guidance, return_dict=False, **cond)[0]
+
+
 # --------------------------------------------------------------------------- audio
 
 
@@ -352,7 +369,7 @@ def load_peft_lora(denoiser: nn.Module, path: str) -> nn.Module:
 
 
 FAMILIES: dict[str, type[Family]] = {
-    f.name: f for f in (SD3, Flux, Wan, LTX, SD, StableAudio, AudioLDM)
+    f.name: f for f in (SD3, Flux, Wan, LTX, HunyuanVideo, SD, StableAudio, AudioLDM)
 }
 PIPELINE_TO_FAMILY = {f.pipeline_class: name for name, f in FAMILIES.items()}
 

@@ -28,6 +28,7 @@ FAMILIES = {
     "sd15_v": ("image", {"resolution": 16}, "diffusion_dpo"),
     "wan": ("video", {"resolution": 32, "num_frames": 9}, "flow_dpo"),
     "ltx": ("video", {"resolution": 32, "num_frames": 9}, "flow_dpo"),
+    "hunyuan_video": ("video", {"resolution": 16, "num_frames": 9}, "flow_dpo"),
     "stable_audio": ("audio", {"seconds": 1.0}, "diffusion_dpo"),
     "audioldm": ("audio", {"seconds": 0.008}, "diffusion_dpo"),
 }
@@ -58,7 +59,8 @@ def write_media(name: str, root: Path, n_pairs: int = 4, seed: int = 0, with_rew
                 Image.fromarray((rng.random((16, 16, 3)) * 255).astype("uint8")).save(root / path)
             elif modality == "video":
                 path = f"{i}_{k}.gif"
-                frames = [Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")) for _ in range(9)]
+                size = args["resolution"]
+                frames = [Image.fromarray((rng.random((size, size, 3)) * 255).astype("uint8")) for _ in range(9)]
                 frames[0].save(root / path, save_all=True, append_images=frames[1:], duration=100)
             else:
                 rate, channels = AUDIO_RATES[name]
@@ -280,3 +282,61 @@ def test_bad_media_fails_with_record_line_and_path(pipelines, tmp_path):
     with pytest.raises(DataError, match=r"pairs.jsonl:4: field 'rejected': .*broken.png"):
         adapter.encode(pairs[3])
     assert main(["train", str(cfg)]) == 2
+
+
+def test_full_finetuning_saves_a_denoiser_the_stock_pipeline_loads(pipelines, tmp_path):
+    from mmalign.config import load_config
+    from mmalign.recipes.offline_preference import OfflinePreference
+
+    pipe_dir = pipelines("sd15")
+    data = write_media("sd15", tmp_path)
+    cfg = write_config("sd15", pipe_dir, data, tmp_path, adapter={"lora": None}, optim={"lr": 1e-3})
+    recipe = OfflinePreference(load_config(cfg))
+    recipe.run()
+    from diffusers import UNet2DConditionModel
+
+    initial = UNet2DConditionModel.from_pretrained(pipe_dir, subfolder="unet").state_dict()
+    ref = recipe.adapter.ref_model.state_dict()
+    assert all(torch.equal(ref[k], initial[k]) for k in initial)  # the frozen copy never moved
+    trained = UNet2DConditionModel.from_pretrained(tmp_path / "out" / "final" / "unet").state_dict()
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)
+    base, tuned = stock_output("sd15", pipe_dir, None), stock_output("sd15", pipe_dir, tmp_path / "out" / "final")
+    assert np.abs(base - tuned).max() > 1e-5
+
+
+def test_bf16_mixed_precision_keeps_frozen_parts_in_bf16(pipelines, tmp_path):
+    from mmalign.config import load_config
+    from mmalign.recipes.offline_preference import OfflinePreference
+
+    data = write_media("sd3", tmp_path)
+    cfg = write_config("sd3", pipelines("sd3"), data, tmp_path, accelerate={"mixed_precision": "bf16", "log_with": []},
+                       adapter={"gradient_checkpointing": True})
+    recipe = OfflinePreference(load_config(cfg))
+    recipe.run()
+    adapter = recipe.adapter
+    assert adapter.pipe.vae.dtype == torch.bfloat16 and adapter.pipe.text_encoder.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in adapter.model.parameters() if p.requires_grad)
+    assert any(p.dtype == torch.bfloat16 for p in adapter.model.parameters() if not p.requires_grad)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["split"] == "train"]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(pipelines, tmp_path):
+    data = write_media("sd3", tmp_path)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        adapter = DiffusionAdapter(str(pipelines("sd3")), lora=LoraSettings(r=4), resolution=16,
+                                   gradient_checkpointing=checkpointing)
+        with torch.no_grad():
+            for n, p in adapter.model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(n)))
+        adapter.model.train()
+        batch = adapter.collate([adapter.encode(p) for p in load_pairs(data)[:2]])
+        aux = adapter.prepare(batch, torch.Generator().manual_seed(0))
+        adapter.score(batch, aux).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in adapter.model.named_parameters() if p.requires_grad})
+    assert adapter.model.is_gradient_checkpointing
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6)
