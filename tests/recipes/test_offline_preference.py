@@ -207,3 +207,15 @@ def test_two_process_gloo_run_keeps_ranks_identical(make_config, tmp_path, tiny_
         assert torch.equal(a[k], b[k]), k
     rows = read_metrics(tmp_path / "out" / "metrics.jsonl")  # written once, by rank 0
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]
+
+
+def test_sample_command_for_text_uses_the_trained_adapter(make_config, tmp_path):
+    cfg = make_config(sample={"prompts": ["Question: what is 1 plus 2? Answer:", "Hello"], "num_per_prompt": 2,
+                              "max_new_tokens": 3})
+    assert main(["train", str(cfg)]) == 0
+    assert main(["sample", str(cfg)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "samples" / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Question: what is 1 plus 2? Answer:"] * 2 + ["Hello"] * 2
+    assert all(isinstance(r["completion"], str) for r in rows)
+    with pytest.raises(FileNotFoundError, match="sample.weights"):
+        main(["sample", str(cfg), "sample.weights=/nonexistent"])
