@@ -263,7 +263,6 @@ class OfflinePreference:
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm)
             values["epoch"] = self.micro_step * tcfg.batch_size * accel.num_processes / n
-            sums, count, t0 = {}, 0, time.perf_counter()
             if self.step % tcfg.log_every == 0 or self.step == tcfg.max_steps:
                 self._log(values, "train")
             bar.update(1)
@@ -272,6 +271,7 @@ class OfflinePreference:
                 self.evaluate()
             if tcfg.save_every and self.step % tcfg.save_every == 0 and self.step < tcfg.max_steps:
                 self.save_checkpoint()
+            sums, count, t0 = {}, 0, time.perf_counter()  # step_time excludes logging, eval, checkpoints
         bar.close()
 
     @torch.no_grad()

@@ -67,7 +67,10 @@ def build_tiny_causal_lm(out_dir: str | Path, *, seed: int = 0, corpus: Iterable
 
     tokenizer = build_tokenizer(corpus)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), **config))
+    vocab_size = config.pop("vocab_size", len(tokenizer))  # may be padded above the tokenizer's size
+    if vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)")
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size, **config))
     model.config.bos_token_id = tokenizer.bos_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
