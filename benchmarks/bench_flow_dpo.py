@@ -188,7 +188,8 @@ def child_diffusers(a, pipe_dir: Path, data: Path) -> dict:
         m.requires_grad_(False)
     for m in (vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
         m.to(accelerator.device).eval()
-    transformer.add_adapter(LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights=True, target_modules=LORA_TARGETS))
+    lora = LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights=True, target_modules=LORA_TARGETS)
+    transformer.add_adapter(lora)
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer)
@@ -201,18 +202,20 @@ def child_diffusers(a, pipe_dir: Path, data: Path) -> dict:
         img = Image.open(data.parent / path).convert("RGB").resize((a.resolution, a.resolution), Image.BILINEAR)
         return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
-    setup, times, losses = rss_mb(), [], []
+    setup, times, encode_times, losses = rss_mb(), [], [], []
     transformer.train()
     for step in range(a.steps):
         t0 = time.perf_counter()
         batch = [rows[(step * a.batch_size + i) % len(rows)] for i in range(a.batch_size)]
         pixels = torch.stack([load(r["chosen"]) for r in batch] + [load(r["rejected"]) for r in batch])
         prompts = [r["prompt"] for r in batch]
+        t_enc = time.perf_counter()
         with torch.no_grad():
             latents = vae.encode(pixels.to(accelerator.device)).latent_dist.sample()
             latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
             embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=accelerator.device,
                                                       do_classifier_free_guidance=False)
+        encode_times.append(time.perf_counter() - t_enc)
         bsz = latents.shape[0] // 2
         noise = torch.randn_like(latents[:bsz]).repeat(2, 1, 1, 1)
         u = compute_density_for_timestep_sampling("none", bsz, device="cpu")
@@ -238,7 +241,7 @@ def child_diffusers(a, pipe_dir: Path, data: Path) -> dict:
         optimizer.zero_grad()
         losses.append(loss.detach().item())
         times.append(time.perf_counter() - t0)
-    return {"rss_setup": setup, **peaks(), "step_times": times, "losses": losses}
+    return {"rss_setup": setup, **peaks(), "step_times": times, "encode_times": encode_times, "losses": losses}
 
 
 def run_child(a, variant: str, work: Path, rnd: int) -> dict:
@@ -252,9 +255,10 @@ def run_child(a, variant: str, work: Path, rnd: int) -> dict:
     after, child_cpu2 = machine_busy(), resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         sys.exit(f"{variant} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    own = (child_cpu2.ru_utime + child_cpu2.ru_stime - child_cpu.ru_utime - child_cpu.ru_stime) * os.sysconf("SC_CLK_TCK")
-    capacity = (after[0] - before[0]) * os.sysconf("SC_CLK_TCK") * os.cpu_count()
-    return {**json.loads(out.with_suffix(".json").read_text()), "others_cpu": max(0.0, (after[1] - before[1] - own) / capacity)}
+    tck = os.sysconf("SC_CLK_TCK")
+    own = (child_cpu2.ru_utime + child_cpu2.ru_stime - child_cpu.ru_utime - child_cpu.ru_stime) * tck
+    others = max(0.0, (after[1] - before[1] - own) / ((after[0] - before[0]) * tck * os.cpu_count()))
+    return {**json.loads(out.with_suffix(".json").read_text()), "others_cpu": others}
 
 
 def child_main(a) -> None:
@@ -273,7 +277,7 @@ def child_main(a) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in (("resolution", 128), ("vae_channels", "32,64,128,128"), ("layers", 4), ("heads", 4),
                           ("clip_dim", 256), ("clip_layers", 4), ("t5_dim", 512), ("t5_layers", 8), ("rank", 16),
                           ("batch_size", 2), ("pairs", 32), ("steps", 8), ("warmup", 2), ("rounds", 2),
@@ -308,24 +312,31 @@ def main() -> None:
 
 
 def report(a, results: dict, cache: dict) -> None:
-    med = lambda xs: statistics.median(xs) if xs else float("nan")
-    rows = {"median step time (s)": lambda rs: med([t for r in rs for t in r["step_times"][a.warmup:]]),
-            "fastest step (s)": lambda rs: min(t for r in rs for t in r["step_times"][a.warmup:]),
-            "RSS after setup (MiB)": lambda rs: med([r["rss_setup"] for r in rs]),
-            "RSS after training (MiB)": lambda rs: med([r["rss_end"] for r in rs]),
-            "peak RSS (MiB)": lambda rs: med([r["peak_rss"] for r in rs]),
-            "others' CPU share": lambda rs: med([r["others_cpu"] for r in rs])}
+    med = statistics.median
+    steps = lambda rs, key="step_times": [t for r in rs for t in r[key][a.warmup:]]
+    rows = {"median step time (s)": (lambda rs: med(steps(rs)), "{:.3f}"),
+            "fastest step (s)": (lambda rs: min(steps(rs)), "{:.3f}"),
+            "RSS after setup (MiB)": (lambda rs: med([r["rss_setup"] for r in rs]), "{:.0f}"),
+            "RSS after training (MiB)": (lambda rs: med([r["rss_end"] for r in rs]), "{:.0f}"),
+            "peak RSS (MiB)": (lambda rs: med([r["peak_rss"] for r in rs]), "{:.0f}")}
     if "cuda_peak" in results["mmalign"][0]:
-        rows["CUDA peak alloc (MiB)"] = lambda rs: med([r["cuda_peak"] for r in rs])
-    vals = {k: {v: f(results[v]) for v in VARIANTS} for k, f in rows.items()}
+        rows["CUDA peak allocated (MiB)"] = (lambda rs: med([r["cuda_peak"] for r in rs]), "{:.0f}")
     print(f"\n| metric | {' | '.join(VARIANTS)} | mmalign/diffusers | cache/diffusers | cache/mmalign |")
     print("|---|" + "---:|" * 6)
-    for k, v in vals.items():
-        ratios = [v["mmalign"] / v["diffusers"], v["mmalign_cache"] / v["diffusers"], v["mmalign_cache"] / v["mmalign"]]
-        print(f"| {k} | " + " | ".join(f"{v[x]:.3f}" for x in VARIANTS) + " | " + " | ".join(f"{q:.3f}" for q in ratios) + " |")
-    print(f"\ncache build (`mmalign cache`, in-process, model load included): {cache['cache_build_s']:.2f} s, "
-          f"peak RSS {cache['peak_rss']:.0f} MiB; break-even after "
-          f"{cache['cache_build_s'] / max(1e-9, vals['median step time (s)']['mmalign'] - vals['median step time (s)']['mmalign_cache']):.1f} steps")
+    for name, (f, fmt) in rows.items():
+        v = {x: f(results[x]) for x in VARIANTS}
+        ratios = (v["mmalign"] / v["diffusers"], v["mmalign_cache"] / v["diffusers"], v["mmalign_cache"] / v["mmalign"])
+        print(f"| {name} | " + " | ".join(fmt.format(v[x]) for x in VARIANTS) + " | "
+              + " | ".join(f"{q:.3f}" for q in ratios) + " |")
+    print("| others' CPU share (median run) | " + " | ".join(
+        f"{med([r['others_cpu'] for r in results[x]]):.0%}" for x in VARIANTS) + " | | | |")
+    saved = med(steps(results["mmalign"])) - med(steps(results["mmalign_cache"]))
+    enc = med(steps(results["diffusers"], "encode_times"))
+    print(f"\ndiffusers loop: VAE + text encoding takes {enc:.3f} s of its median step "
+          f"({enc / med(steps(results['diffusers'])):.0%})")
+    print(f"cache build (`mmalign cache` in-process, model loading included): {cache['cache_build_s']:.2f} s for "
+          f"{a.pairs} pairs, peak RSS {cache['peak_rss']:.0f} MiB; it pays for itself after "
+          f"{cache['cache_build_s'] / saved:.1f} steps" if saved > 0 else "the cache saved no step time")
     for v in VARIANTS:
         print(f"{v} losses (round 0): {[round(x, 4) for x in results[v][0]['losses']]}")
     print("mmalign_cache loaded the VAE/text encoders:", any(r["pipeline_loaded"] for r in results["mmalign_cache"]))

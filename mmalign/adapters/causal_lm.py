@@ -46,6 +46,58 @@ def completion_logps(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Te
     return ((picked - norm) * mask).sum(-1)
 
 
+def _ids(tokenizer, text: str, *, special: bool) -> list[int]:
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def encode_text_pair(tokenizer, record: PreferencePair, max_length: int, max_prompt_length: int | None) -> dict:
+    """Token ids of a pair's prompt and both completions: plain text directly (EOS appended),
+    conversations through the chat template. The prompt keeps its last ``max_prompt_length``
+    tokens; completions are cut to fit ``max_length``."""
+    if record.conversational:
+        if not tokenizer.chat_template:
+            raise DataError(record.source, None, "prompt", "conversational data, but the tokenizer has no chat_template")
+        prompt_text = tokenizer.apply_chat_template(record.prompt, add_generation_prompt=True, tokenize=False)
+        completions = []
+        for name in ("chosen", "rejected"):
+            full = tokenizer.apply_chat_template(record.prompt + getattr(record, name), tokenize=False)
+            if not full.startswith(prompt_text):
+                raise DataError(record.source, None, name, "the chat template does not extend the prompt")
+            completions.append(_ids(tokenizer, full[len(prompt_text):], special=False))
+        prompt = _ids(tokenizer, prompt_text, special=False)
+    else:
+        prompt = _ids(tokenizer, record.prompt, special=True)
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        completions = [_ids(tokenizer, record.chosen, special=False) + eos,
+                       _ids(tokenizer, record.rejected, special=False) + eos]
+    if max_prompt_length is not None:
+        prompt = prompt[-max_prompt_length:]
+    room = max_length - len(prompt)
+    if room <= 0:
+        raise DataError(record.source, None, "prompt",
+                        f"{len(prompt)} prompt tokens leave no room for the completion within max_length={max_length}")
+    return {"prompt": prompt, "chosen": completions[0][:room], "rejected": completions[1][:room],
+            "reward_chosen": record.reward_chosen, "reward_rejected": record.reward_rejected}
+
+
+def collate_text_pairs(tokenizer, encoded: list[dict]) -> dict[str, torch.Tensor]:
+    """``[2B, P + C]`` batch: left-padded prompts, right-padded completions, chosen rows first."""
+    rows = [(e["prompt"], e["chosen"]) for e in encoded] + [(e["prompt"], e["rejected"]) for e in encoded]
+    p_len = max(len(p) for p, _ in rows)
+    c_len = max(len(c) for _, c in rows)
+    n = len(rows)
+    input_ids = torch.full((n, p_len + c_len), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((n, p_len + c_len), dtype=torch.long)
+    completion = torch.zeros((n, c_len), dtype=torch.long)
+    for i, (p, c) in enumerate(rows):
+        input_ids[i, p_len - len(p): p_len] = torch.tensor(p, dtype=torch.long)
+        input_ids[i, p_len: p_len + len(c)] = torch.tensor(c, dtype=torch.long)
+        attention[i, p_len - len(p): p_len + len(c)] = 1
+        completion[i, : len(c)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion,
+            "num_tokens": completion.sum(-1), **stack_rewards(encoded)}
+
+
 @register("adapter", "causal_lm", runtime_args=("reference_copy",))
 class CausalLMAdapter:
     """Causal LM from transformers, scored by summed completion log-probs; LoRA or full fine-tuning."""
@@ -136,55 +188,12 @@ class CausalLMAdapter:
     def _base_model(self) -> nn.Module:
         return self.model.get_base_model() if self.uses_lora else self.model
 
-    def _ids(self, text: str, *, special: bool) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
-
-    def encode(self, record: PreferencePair) -> dict[str, list[int]]:
+    def encode(self, record: PreferencePair) -> dict:
         """Tokenize a pair: plain text directly, conversations through the chat template."""
-        if record.conversational:
-            tok = self.tokenizer
-            if not tok.chat_template:
-                raise DataError(record.source, None, "prompt", "conversational data, but the tokenizer has no chat_template")
-            prompt_text = tok.apply_chat_template(record.prompt, add_generation_prompt=True, tokenize=False)
-            completions = []
-            for name in ("chosen", "rejected"):
-                full = tok.apply_chat_template(record.prompt + getattr(record, name), tokenize=False)
-                if not full.startswith(prompt_text):
-                    raise DataError(record.source, None, name, "the chat template does not extend the prompt")
-                completions.append(self._ids(full[len(prompt_text):], special=False))
-            prompt = self._ids(prompt_text, special=False)
-        else:
-            prompt = self._ids(record.prompt, special=True)
-            eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-            completions = [self._ids(record.chosen, special=False) + eos, self._ids(record.rejected, special=False) + eos]
-        if self.max_prompt_length is not None:
-            prompt = prompt[-self.max_prompt_length:]
-        room = self.max_length - len(prompt)
-        if room <= 0:
-            raise DataError(
-                record.source, None, "prompt",
-                f"{len(prompt)} prompt tokens leave no room for the completion within max_length={self.max_length}",
-            )
-        return {"prompt": prompt, "chosen": completions[0][:room], "rejected": completions[1][:room],
-                "reward_chosen": record.reward_chosen, "reward_rejected": record.reward_rejected}
+        return encode_text_pair(self.tokenizer, record, self.max_length, self.max_prompt_length)
 
-    def collate(self, encoded: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        """``[2B, P + C]`` batch: left-padded prompts, right-padded completions, chosen rows first."""
-        rows = [(e["prompt"], e["chosen"]) for e in encoded] + [(e["prompt"], e["rejected"]) for e in encoded]
-        p_len = max(len(p) for p, _ in rows)
-        c_len = max(len(c) for _, c in rows)
-        pad = self.tokenizer.pad_token_id
-        n = len(rows)
-        input_ids = torch.full((n, p_len + c_len), pad, dtype=torch.long)
-        attention = torch.zeros((n, p_len + c_len), dtype=torch.long)
-        completion = torch.zeros((n, c_len), dtype=torch.long)
-        for i, (p, c) in enumerate(rows):
-            input_ids[i, p_len - len(p): p_len] = torch.tensor(p, dtype=torch.long)
-            input_ids[i, p_len: p_len + len(c)] = torch.tensor(c, dtype=torch.long)
-            attention[i, p_len - len(p): p_len + len(c)] = 1
-            completion[i, : len(c)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion,
-                "num_tokens": completion.sum(-1), **stack_rewards(encoded)}
+    def collate(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
+        return collate_text_pairs(self.tokenizer, encoded)
 
     # ------------------------------------------------------------------ scoring
     def prepare(self, batch: dict, generator: torch.Generator | None = None) -> dict:

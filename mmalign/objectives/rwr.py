@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from mmalign.registry import register
+from mmalign.rewards.base import weighted_sum
 
 
 def rwr_weights(rewards: torch.Tensor, *, beta: float, clip: float | None = None) -> torch.Tensor:
@@ -37,19 +38,6 @@ def rwr_loss(scores: torch.Tensor, rewards: torch.Tensor, *, beta: float, clip: 
     return rwr_weights(rewards, beta=beta, clip=clip).to(scores.device) * -scores.float()
 
 
-def combine_rewards(rewards: torch.Tensor, dims: tuple[str, ...], weights: dict[str, float] | None) -> torch.Tensor:
-    """``[N, D]`` per-dimension rewards → ``[N]`` with per-dimension weights (default: all 1)."""
-    if rewards.dim() == 1:
-        return rewards
-    if weights is None:
-        return rewards.sum(-1)
-    unknown = set(weights) - set(dims)
-    if unknown:
-        raise ValueError(f"reward weights name unknown dimensions {sorted(unknown)}; the data has {list(dims)}")
-    w = torch.tensor([weights.get(d, 0.0) for d in dims], dtype=rewards.dtype, device=rewards.device)
-    return rewards @ w
-
-
 @register("objective", "rwr")
 class RWR:
     """Flow-RWR: reward-weighted flow matching, w ∝ exp(r/β) over the batch (reward_chosen/reward_rejected)."""
@@ -70,7 +58,7 @@ class RWR:
         """``[2B]`` scores of chosen and rejected items, each weighted by its own reward."""
         if batch is None or batch.get("rewards") is None:
             raise ValueError("rwr needs rewards: give reward_chosen and reward_rejected in every record")
-        rewards = combine_rewards(batch["rewards"].to(policy.device), batch.get("reward_dims", ()), self.dim_weights)
+        rewards = weighted_sum(batch["rewards"].to(policy.device), batch.get("reward_dims", ()), self.dim_weights)
         weights = rwr_weights(rewards, beta=self.beta, clip=self.clip)
         losses = weights * -policy.float()
         return losses, {"rwr/weight_max": weights.max().expand(losses.shape), "reward/mean": rewards.float()}

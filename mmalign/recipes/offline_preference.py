@@ -87,6 +87,7 @@ class OfflinePreference:
 
     TrainConfig = TrainConfig
     sections = {"adapter": "required", "objective": "required", "data": "required", "optim": "required"}
+    PLOT_KEYS = PLOT_KEYS
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -300,7 +301,12 @@ class OfflinePreference:
         adapter.module.train()
         return values
 
+    def summarize(self, values: dict[str, float]) -> dict[str, float]:
+        """Derived metrics from the averaged per-example ones (recipes may add theirs)."""
+        return values
+
     def _log(self, values: dict[str, float], split: str) -> None:
+        values.update(self.summarize(values))
         if self.main:
             self.metrics.write(self.step, split, values)
         if self.cfg.accelerate.log_with:
@@ -361,7 +367,7 @@ class OfflinePreference:
             self.adapter.save_pretrained(str(final), state_dict=state)
             save_config(self.cfg, final / "mmalign_config.yaml")
             if self.cfg.train.plot:
-                plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png", PLOT_KEYS)
+                plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png", self.PLOT_KEYS)
         accel.wait_for_everyone()
         accel.end_training()
 
