@@ -3,6 +3,7 @@
     mmalign train CONFIG [key.sub=value ...] [--resume]
     mmalign cache CONFIG [key.sub=value ...]
     mmalign sample CONFIG [key.sub=value ...]
+    mmalign score CONFIG INPUT [key.sub=value ...]
     mmalign validate CONFIG [key.sub=value ...] [--no-data]
     mmalign list [KIND]
 
@@ -79,6 +80,23 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from mmalign import registry
+    from mmalign.config import load_reward_section
+    from mmalign.recipes.score import run_score
+
+    section, output_dir = load_reward_section(args.config, args.overrides)
+    reward = registry.build("reward", section)
+    out = args.out or f"{output_dir}/scores"
+    summary = run_score(reward, args.input, out, prompt=args.prompt, batch_size=args.batch_size,
+                        sample_rate=args.sample_rate)
+    print(f"scored {summary['n']} samples -> {out}/scores.csv")
+    for dim in (*reward.dims, "total"):
+        s = summary[dim]
+        print(f"  {dim:<24} mean {s['mean']:.4f}  std {s['std']:.4f}  min {s['min']:.4f}  max {s['max']:.4f}")
+    return 0
+
+
 def cmd_list(args) -> int:
     import mmalign  # noqa: F401  (fills the registries)
     from mmalign import registry
@@ -123,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("score", help="score a folder or JSONL of samples with the config's reward")
+    p.add_argument("config")
+    p.add_argument("input", help="a folder of media (optional metadata.jsonl) or a JSONL of {path|text, prompt}")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--prompt", default=None, help="prompt for samples that have none")
+    p.add_argument("--out", default=None, help="output folder (default OUTPUT_DIR/scores)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--sample-rate", type=int, default=None, help="audio: resample to this rate (default: file's)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("list", help="print the registered adapters, objectives, rewards, data, optimizers, recipes")
     p.add_argument("kind", nargs="?")

@@ -343,5 +343,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return validate(apply_overrides(load_yaml(path), list(overrides)))
 
 
+def load_reward_section(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, str]:
+    """The validated ``reward:`` section and ``output_dir`` of a config (any recipe, or none), for
+    commands that only score (``mmalign score``)."""
+    import mmalign  # noqa: F401  (fills the registries)
+
+    data = apply_overrides(load_yaml(path), list(overrides))
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise _unknown_key("", key, list(TOP_LEVEL))
+    if data.get("reward") is None:
+        raise ConfigError(f"reward: {path} has no reward section; registered rewards: {', '.join(registry.names('reward'))}")
+    output_dir = check_value(data.get("output_dir", "outputs/scores"), str, "output_dir")
+    return validate_component("reward", data["reward"], "reward"), output_dir
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

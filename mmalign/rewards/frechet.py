@@ -9,8 +9,8 @@ PSD covariances and equal those of the *symmetric* matrices
 - ``A Σ₂ Aᵀ / (N − 1)`` with ``A`` the centred features of set 1 (``[N, N]``; used when
   ``N < d``, e.g. a per-sample FAD over a few dozen frames, or subsets in FAD∞).
 
-Both go through ``eigvalsh`` (no non-symmetric eigen- or Schur decomposition), clamp round-off
-negatives to 0, and need no inverse, so rank-deficient covariances (``N ≤ d``) are handled as they
+Both go through ``eigvalsh`` (no non-symmetric eigen- or Schur decomposition), set round-off
+eigenvalues (``|λ| ≤ n·ε·λ_max``) to 0, and need no inverse, so rank-deficient covariances (``N ≤ d``) are handled as they
 are. The ``eps`` of pytorch-fid is kept as a fallback only: if an eigen-decomposition fails to
 converge or gives non-finite values, the square-root term is recomputed from ``Σ₁ + εI`` and
 ``Σ₂ + εI`` (the trace terms keep the original covariances, as in pytorch-fid) and a warning says
@@ -58,14 +58,24 @@ def gaussian_stats(feats: Tensor, *, dtype: torch.dtype = F64) -> tuple[Tensor, 
     return mu, centred.mT @ centred / (feats.shape[0] - 1)
 
 
+def _clean(w: Tensor) -> Tensor:
+    """Eigenvalues of a PSD matrix with round-off noise (below ``n·ε·λ_max``) set to 0.
+
+    Without this, each of the ``d − rank`` zero eigenvalues of a rank-deficient covariance adds
+    ``√(ε·λ_max) ≈ 1e-8·√λ_max`` to the trace (scipy's ``sqrtm`` carries the same bias).
+    """
+    tol = w.amax(-1, keepdim=True).clamp_min(0) * w.shape[-1] * torch.finfo(w.dtype).eps
+    return torch.where(w > tol, w, torch.zeros_like(w))
+
+
 def _sum_sqrt_eigvalsh(m: Tensor) -> Tensor:
-    """``Σ √max(λ, 0)`` over the eigenvalues of a (numerically) symmetric PSD matrix ``[..., n, n]``."""
-    return torch.linalg.eigvalsh((m + m.mT) / 2).clamp_min(0).sqrt().sum(-1)
+    """``Σ √λ`` over the eigenvalues of a (numerically) symmetric PSD matrix ``[..., n, n]``."""
+    return _clean(torch.linalg.eigvalsh((m + m.mT) / 2)).sqrt().sum(-1)
 
 
 def _psd_sqrt(sigma: Tensor) -> Tensor:
     w, v = torch.linalg.eigh((sigma + sigma.mT) / 2)
-    return (v * w.clamp_min(0).sqrt().unsqueeze(-2)) @ v.mT
+    return (v * _clean(w).sqrt().unsqueeze(-2)) @ v.mT
 
 
 def _trace_sqrt_product(sigma1: Tensor, sigma2: Tensor) -> Tensor:
