@@ -62,9 +62,16 @@ def peaks() -> dict:
     return out
 
 
-def machine_busy() -> tuple[float, int]:
+def cpu_sample() -> tuple[float, int, int]:
+    """(wall time, busy jiffies of the whole machine, jiffies of this process)."""
     f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return time.perf_counter(), sum(f[:8]) - f[3] - f[4]  # wall time, busy jiffies (all processes)
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return time.perf_counter(), sum(f[:8]) - f[3] - f[4], int(own[11]) + int(own[12])
+
+
+def others_load(a: tuple, b: tuple) -> float:
+    """Share of the machine's CPU that other processes used between two samples (0 = quiet)."""
+    return max(0.0, (b[1] - a[1] - (b[2] - a[2])) / ((b[0] - a[0]) * os.sysconf("SC_CLK_TCK") * os.cpu_count()))
 
 
 # --------------------------------------------------------------------------- setup (parent)
@@ -153,11 +160,19 @@ def child_mmalign(a, cfg: Path) -> dict:
 
     recipe = OfflinePreference(load_config(cfg))
     recipe.setup()
-    setup = rss_mb()
+    setup, loads, cpu, last, log = rss_mb(), [], [], [cpu_sample()], recipe._log
+
+    def log_with_load(values, split):  # called once per optimizer step (log_every=1)
+        loads.append(others_load(last[0], now := cpu_sample()))
+        cpu.append((now[2] - last[0][2]) / os.sysconf("SC_CLK_TCK"))
+        last[0] = now
+        log(values, split)
+
+    recipe._log = log_with_load
     recipe.train()
     rows = [r for r in read_metrics(recipe.out / "metrics.jsonl") if r["split"] == "train"]
     return {"rss_setup": setup, **peaks(), "step_times": [r["step_time"] for r in rows],
-            "losses": [r["loss"] for r in rows], "pipeline_loaded": recipe.adapter.pipe is not None}
+            "losses": [r["loss"] for r in rows], "others": loads, "cpu_times": cpu, "pipeline_loaded": recipe.adapter.pipe is not None}
 
 
 def child_cache(a, cfg: Path) -> dict:
@@ -202,10 +217,10 @@ def child_diffusers(a, pipe_dir: Path, data: Path) -> dict:
         img = Image.open(data.parent / path).convert("RGB").resize((a.resolution, a.resolution), Image.BILINEAR)
         return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
-    setup, times, encode_times, losses = rss_mb(), [], [], []
+    setup, times, encode_times, losses, loads, cpu = rss_mb(), [], [], [], [], []
     transformer.train()
     for step in range(a.steps):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_sample()
         batch = [rows[(step * a.batch_size + i) % len(rows)] for i in range(a.batch_size)]
         pixels = torch.stack([load(r["chosen"]) for r in batch] + [load(r["rejected"]) for r in batch])
         prompts = [r["prompt"] for r in batch]
@@ -241,24 +256,22 @@ def child_diffusers(a, pipe_dir: Path, data: Path) -> dict:
         optimizer.zero_grad()
         losses.append(loss.detach().item())
         times.append(time.perf_counter() - t0)
-    return {"rss_setup": setup, **peaks(), "step_times": times, "encode_times": encode_times, "losses": losses}
+        loads.append(others_load(cpu0, cpu1 := cpu_sample()))
+        cpu.append((cpu1[2] - cpu0[2]) / os.sysconf("SC_CLK_TCK"))
+    return {"rss_setup": setup, **peaks(), "step_times": times, "encode_times": encode_times, "losses": losses,
+            "others": loads, "cpu_times": cpu}
 
 
 def run_child(a, variant: str, work: Path, rnd: int) -> dict:
-    """One variant in a fresh process; returns its JSON result plus the other processes' CPU share."""
+    """One variant in a fresh process; returns its JSON result."""
     out = work / f"{variant}_{rnd}"
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
     cmd = [sys.executable, __file__, "--child", variant, "--work", str(work), "--out", str(out),
            *[f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("child", "work", "out", "rounds")]]
-    before, child_cpu = machine_busy(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    after, child_cpu2 = machine_busy(), resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         sys.exit(f"{variant} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    tck = os.sysconf("SC_CLK_TCK")
-    own = (child_cpu2.ru_utime + child_cpu2.ru_stime - child_cpu.ru_utime - child_cpu.ru_stime) * tck
-    others = max(0.0, (after[1] - before[1] - own) / ((after[0] - before[0]) * tck * os.cpu_count()))
-    return {**json.loads(out.with_suffix(".json").read_text()), "others_cpu": others}
+    return json.loads(out.with_suffix(".json").read_text())
 
 
 def child_main(a) -> None:
@@ -280,8 +293,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in (("resolution", 128), ("vae_channels", "32,64,128,128"), ("layers", 4), ("heads", 4),
                           ("clip_dim", 256), ("clip_layers", 4), ("t5_dim", 512), ("t5_layers", 8), ("rank", 16),
-                          ("batch_size", 2), ("pairs", 32), ("steps", 8), ("warmup", 2), ("rounds", 2),
-                          ("threads", 1), ("beta", 100.0), ("lr", 1e-4)):
+                          ("batch_size", 2), ("pairs", 32), ("steps", 8), ("warmup", 2), ("rounds", 3),
+                          ("threads", 1), ("quiet", 0.25), ("beta", 100.0), ("lr", 1e-4)):
         p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     p.add_argument("--child", choices=(*VARIANTS, "cache"), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -307,15 +320,20 @@ def main() -> None:
             for v in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
                 results[v].append(run_child(a, v, work, r))
                 print(f"round {r} {v}: steps {[round(t, 2) for t in results[v][-1]['step_times']]} "
-                      f"others' CPU {results[v][-1]['others_cpu']:.0%}", flush=True)
+                      f"others' CPU {[f'{x:.0%}' for x in results[v][-1]['others']]}", flush=True)
     report(a, results, cache)
 
 
 def report(a, results: dict, cache: dict) -> None:
     med = statistics.median
     steps = lambda rs, key="step_times": [t for r in rs for t in r[key][a.warmup:]]
+    quiet = lambda rs: [t for t, o in zip(steps(rs), steps(rs, "others")) if o < a.quiet] or [float("nan")]
     rows = {"median step time (s)": (lambda rs: med(steps(rs)), "{:.3f}"),
+            f"median of quiet steps (others < {a.quiet:.0%}) (s)": (lambda rs: med(quiet(rs)), "{:.3f}"),
+            "quiet steps / all": (lambda rs: sum(o < a.quiet for o in steps(rs, "others")) / len(steps(rs)), "{:.2f}"),
+            "others' CPU share, median step": (lambda rs: med(steps(rs, "others")), "{:.2f}"),
             "fastest step (s)": (lambda rs: min(steps(rs)), "{:.3f}"),
+            "median CPU time of this process per step (s)": (lambda rs: med(steps(rs, "cpu_times")), "{:.3f}"),
             "RSS after setup (MiB)": (lambda rs: med([r["rss_setup"] for r in rs]), "{:.0f}"),
             "RSS after training (MiB)": (lambda rs: med([r["rss_end"] for r in rs]), "{:.0f}"),
             "peak RSS (MiB)": (lambda rs: med([r["peak_rss"] for r in rs]), "{:.0f}")}
@@ -325,11 +343,10 @@ def report(a, results: dict, cache: dict) -> None:
     print("|---|" + "---:|" * 6)
     for name, (f, fmt) in rows.items():
         v = {x: f(results[x]) for x in VARIANTS}
-        ratios = (v["mmalign"] / v["diffusers"], v["mmalign_cache"] / v["diffusers"], v["mmalign_cache"] / v["mmalign"])
+        ratios = [x / y if y else float("nan") for x, y in
+                  ((v["mmalign"], v["diffusers"]), (v["mmalign_cache"], v["diffusers"]), (v["mmalign_cache"], v["mmalign"]))]
         print(f"| {name} | " + " | ".join(fmt.format(v[x]) for x in VARIANTS) + " | "
               + " | ".join(f"{q:.3f}" for q in ratios) + " |")
-    print("| others' CPU share (median run) | " + " | ".join(
-        f"{med([r['others_cpu'] for r in results[x]]):.0%}" for x in VARIANTS) + " | | | |")
     saved = med(steps(results["mmalign"])) - med(steps(results["mmalign_cache"]))
     enc = med(steps(results["diffusers"], "encode_times"))
     print(f"\ndiffusers loop: VAE + text encoding takes {enc:.3f} s of its median step "

@@ -1,21 +1,24 @@
 """Fréchet distance between Gaussian fits of two feature sets (FID / FAD / FVD), FAD∞ and per-sample FAD.
 
-``FD = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½)``. The reference implementations (pytorch-fid,
-fadtk ``calc_frechet_distance``) take ``scipy.linalg.sqrtm(Σ₁Σ₂)`` and keep its trace. Only the
-trace is needed: it is ``Σᵢ √λᵢ`` over the eigenvalues of ``Σ₁Σ₂``, which are real and ≥ 0 for
-PSD covariances and equal those of the *symmetric* matrices
+``FD = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½)``. pytorch-fid and fadtk (``calc_frechet_distance``)
+take ``scipy.linalg.sqrtm(Σ₁Σ₂)`` and keep its trace. Only the trace is needed: ``Σᵢ √λᵢ`` over
+the eigenvalues of ``Σ₁Σ₂``, which for PSD covariances are real, ≥ 0, and equal the non-zero
+eigenvalues of a *symmetric* PSD matrix, so ``eigvalsh`` suffices (no Schur decomposition):
 
-- ``Σ₁^½ Σ₂ Σ₁^½`` (``[d, d]``; ``Σ₁^½`` from ``eigh`` with eigenvalues clamped at 0), or
-- ``A Σ₂ Aᵀ / (N − 1)`` with ``A`` the centred features of set 1 (``[N, N]``; used when
-  ``N < d``, e.g. a per-sample FAD over a few dozen frames, or subsets in FAD∞).
+- ``Lᵀ Σ₂ L`` with ``Σ₁ = L Lᵀ`` (Cholesky) when ``Σ₁`` is positive definite, else ``Σ₁^½ Σ₂ Σ₁^½``
+  with ``Σ₁^½`` from ``eigh`` (``[d, d]``);
+- ``A Σ₂ Aᵀ`` with ``A`` the centred features of set 1 divided by ``√(N − 1)`` (``[N, N]``), used
+  when ``N < d`` (per-sample FAD over a few dozen frames, small sets); when set 2 also has fewer
+  than ``d`` rows, ``Σ₂`` stays factored (``(A Bᵀ)(A Bᵀ)ᵀ``) and no ``[d, d]`` matrix is formed.
 
-Both go through ``eigvalsh`` (no non-symmetric eigen- or Schur decomposition), set round-off
-eigenvalues (``|λ| ≤ n·ε·λ_max``) to 0, and need no inverse, so rank-deficient covariances (``N ≤ d``) are handled as they
-are. The ``eps`` of pytorch-fid is kept as a fallback only: if an eigen-decomposition fails to
-converge or gives non-finite values, the square-root term is recomputed from ``Σ₁ + εI`` and
-``Σ₂ + εI`` (the trace terms keep the original covariances, as in pytorch-fid) and a warning says
-so. Computation is float64 by default (``dtype=``) on the inputs' device; results keep that dtype
-and are clamped at 0 (round-off can make identical sets come out at −1e-13).
+Nothing is inverted, so rank-deficient covariances (``N ≤ d``) need no regularisation; eigenvalues
+below ``n·ε·λ_max`` (round-off) count as 0, which keeps the zero eigenvalues of a singular
+covariance from adding ``√ε``-sized terms (scipy's ``sqrtm`` carries that bias, ~1e-8 relative).
+pytorch-fid's ``eps`` is kept as a fallback only: if an eigen-decomposition fails or gives
+non-finite values, the square-root term is recomputed from ``Σ₁ + εI`` and ``Σ₂ + εI`` (the trace
+terms keep the original covariances, as in pytorch-fid), with a warning. Computation is float64
+by default (``dtype=``; float32 loses ~1e-4 relative) on the inputs' device; results keep that
+dtype and are clamped at 0 (identical sets can otherwise come out at −1e-13).
 """
 
 from __future__ import annotations
@@ -59,11 +62,7 @@ def gaussian_stats(feats: Tensor, *, dtype: torch.dtype = F64) -> tuple[Tensor, 
 
 
 def _clean(w: Tensor) -> Tensor:
-    """Eigenvalues of a PSD matrix with round-off noise (below ``n·ε·λ_max``) set to 0.
-
-    Without this, each of the ``d − rank`` zero eigenvalues of a rank-deficient covariance adds
-    ``√(ε·λ_max) ≈ 1e-8·√λ_max`` to the trace (scipy's ``sqrtm`` carries the same bias).
-    """
+    """Eigenvalues of a PSD matrix with round-off noise (``≤ n·ε·λ_max``) set to 0."""
     tol = w.amax(-1, keepdim=True).clamp_min(0) * w.shape[-1] * torch.finfo(w.dtype).eps
     return torch.where(w > tol, w, torch.zeros_like(w))
 
@@ -79,6 +78,10 @@ def _psd_sqrt(sigma: Tensor) -> Tensor:
 
 
 def _trace_sqrt_product(sigma1: Tensor, sigma2: Tensor) -> Tensor:
+    """``Tr((Σ₁Σ₂)^½)``: ``Σ₁ = L Lᵀ`` (Cholesky, cheap) when it succeeds, else ``Σ₁^½`` from ``eigh``."""
+    chol, info = torch.linalg.cholesky_ex(sigma1)
+    if bool((info == 0).all()):
+        return _sum_sqrt_eigvalsh(chol.mT @ sigma2 @ chol)
     root = _psd_sqrt(sigma1)
     return _sum_sqrt_eigvalsh(root @ sigma2 @ root)
 
@@ -119,27 +122,29 @@ def frechet_distance_from_stats(
     return (fd - 2 * tr_sqrt).clamp_min(0)
 
 
-def _fd_feats_vs_stats(feats: Tensor, mu: Tensor, sigma: Tensor, eps: float) -> Tensor:
-    """FD between the Gaussian fit of ``feats [..., N, d]`` (checked, in the compute dtype) and ``(mu, sigma)``.
-
-    For ``N < d`` the square-root term comes from the ``[N, N]`` matrix ``A Σ Aᵀ / (N − 1)``.
-    """
+def _fd_feats_vs_stats(
+    feats: Tensor, mu: Tensor, sigma: Tensor | None, eps: float, factor: Tensor | None = None
+) -> Tensor:
+    """FD of the Gaussian fit of checked ``feats [..., N, d]`` to ``(mu, Σ)``; ``Σ = sigma`` or ``factorᵀ factor``."""
     n, d = feats.shape[-2:]
-    mu, sigma = mu.to(feats), sigma.to(feats)
+    mu = mu.to(feats)
     mean = feats.mean(-2)
-    if n >= d:
-        centred = feats - mean.unsqueeze(-2)
-        return frechet_distance_from_stats(mean, centred.mT @ centred / (n - 1), mu, sigma, eps, dtype=feats.dtype)
     centred = (feats - mean.unsqueeze(-2)) / math.sqrt(n - 1)
-    try:
-        tr_sqrt = _sum_sqrt_eigvalsh(centred @ sigma @ centred.mT)
-        ok = bool(torch.isfinite(tr_sqrt).all())
-    except torch.linalg.LinAlgError:
-        ok = False
-    if not ok:  # the stats route carries the eps fallback
+    ok = False
+    if n < d:
+        try:
+            cross = centred @ factor.mT if factor is not None else None
+            gram = cross @ cross.mT if factor is not None else centred @ sigma.to(feats) @ centred.mT
+            tr_sqrt = _sum_sqrt_eigvalsh(gram)
+            ok = bool(torch.isfinite(tr_sqrt).all())
+        except torch.linalg.LinAlgError:
+            pass
+    if not ok:  # N ≥ d, or the eigen-decomposition failed: the stats route (with its eps fallback)
+        sigma = factor.mT @ factor if sigma is None else sigma
         return frechet_distance_from_stats(mean, centred.mT @ centred, mu, sigma, eps, dtype=feats.dtype)
     diff = mean - mu
-    fd = (diff * diff).sum(-1) + centred.square().sum((-2, -1)) + sigma.diagonal(0, -2, -1).sum(-1)
+    tr_sigma = factor.square().sum() if factor is not None else sigma.to(feats).diagonal(0, -2, -1).sum(-1)
+    fd = (diff * diff).sum(-1) + centred.square().sum((-2, -1)) + tr_sigma
     return (fd - 2 * tr_sqrt).clamp_min(0)
 
 
@@ -161,6 +166,9 @@ def frechet_distance(feats_a: Tensor, feats_b: Tensor, *, eps: float = 1e-6, dty
         raise ValueError(f"feature sizes differ: feats_a {tuple(a.shape)}, feats_b {tuple(b.shape)}")
     if a.shape[0] > b.shape[0]:
         a, b = b, a  # the distance is symmetric; the smaller set gets the [N, N] route when N < d
+    (m, d), mean_b = b.shape, b.mean(0)
+    if m < d:  # Σ_b stays factored: Tr((Σ_aΣ_b)^½) = ‖A Bᵀ‖_* with A, B centred and scaled
+        return _fd_feats_vs_stats(a, mean_b, None, eps, factor=(b - mean_b) / math.sqrt(m - 1))
     return _fd_feats_vs_stats(a, *gaussian_stats(b, dtype=dtype), eps)
 
 
@@ -209,19 +217,17 @@ class ReferenceStats:
 RefLike = Union[ReferenceStats, tuple, Tensor]
 
 
-def _ref_mu_sigma(ref_mu, ref_sigma, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    if ref_sigma is None and not isinstance(ref_mu, ReferenceStats):
+def _ref_stats(ref: RefLike, sigma: Tensor | None, dtype: torch.dtype, feats_ok: bool = True):
+    """``(mu, sigma)`` from a ReferenceStats, a ``(mu, sigma)`` pair, features, or ``ref`` = mu plus ``sigma``."""
+    if sigma is None and isinstance(ref, Tensor) and not feats_ok:
         raise ValueError("pass ref_mu and ref_sigma, or a ReferenceStats as ref_mu")
-    return _ref_stats(ref_mu if ref_sigma is None else (ref_mu, ref_sigma), dtype)
-
-
-def _ref_stats(ref: RefLike, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    if sigma is not None:
+        return ref.to(dtype), sigma.to(dtype)
     if isinstance(ref, ReferenceStats):
         return ref.mu.to(dtype), ref.sigma.to(dtype)
-    if isinstance(ref, Tensor):
-        return gaussian_stats(ref, dtype=dtype)
-    mu, sigma = ref
-    return mu.to(dtype), sigma.to(dtype)
+    if isinstance(ref, tuple):
+        return ref[0].to(dtype), ref[1].to(dtype)
+    return gaussian_stats(ref, dtype=dtype)
 
 
 def per_sample_fad(
@@ -238,7 +244,7 @@ def per_sample_fad(
     Returns:
         Scalar tensor (lower = closer to the reference distribution; use ``-fad`` as a reward).
     """
-    mu, sigma = _ref_mu_sigma(ref_mu, ref_sigma, dtype)
+    mu, sigma = _ref_stats(ref_mu, ref_sigma, dtype, feats_ok=False)
     return _fd_feats_vs_stats(_check_feats(frame_feats, "frame_feats", dtype), mu, sigma, eps)
 
 
@@ -251,7 +257,7 @@ def per_sample_fad_batch(
     Returns:
         ``[B]`` per-sample FADs.
     """
-    mu, sigma = _ref_mu_sigma(ref_mu, ref_sigma, dtype)
+    mu, sigma = _ref_stats(ref_mu, ref_sigma, dtype, feats_ok=False)
     feats = [_check_feats(s, f"samples[{i}]", dtype) for i, s in enumerate(samples)]
     if not feats:
         raise ValueError("samples is empty")
@@ -308,7 +314,7 @@ def fad_inf(
         Scalar FAD∞ (the intercept, can be slightly negative), or the :class:`FADInfFit`.
     """
     x = _check_feats(feats, "feats", dtype)
-    mu, sigma = _ref_stats(ref, dtype)
+    mu, sigma = _ref_stats(ref, None, dtype)
     n = x.shape[0]
     if sizes is None:
         sizes = [int(s) for s in torch.linspace(min(500, n // 2), n, 25).tolist()]

@@ -146,6 +146,22 @@ def test_eps_fallback_when_decomposition_fails(monkeypatch):
     assert len(calls) == 2 and out.item() == pytest.approx(scipy_fd_feats(a, b), rel=1e-5)
 
 
+def test_small_set_route_falls_back_to_the_stats_route(monkeypatch):
+    # both sets smaller than d: the [N, N] route; if its eigvalsh fails, the d x d route takes over
+    a, b = random_sets(20, 30, 48)
+    real, calls = frechet._sum_sqrt_eigvalsh, []
+
+    def flaky(m):
+        calls.append(m.shape[-1])
+        if len(calls) == 1:
+            raise torch.linalg.LinAlgError("did not converge")
+        return real(m)
+
+    monkeypatch.setattr(frechet, "_sum_sqrt_eigvalsh", flaky)
+    out = frechet_distance(torch.from_numpy(a), torch.from_numpy(b)).item()
+    assert calls == [20, 48] and out == pytest.approx(scipy_fd_feats(a, b), rel=1e-5)
+
+
 def test_bad_inputs_fail_loudly():
     x = torch.randn(10, 4)
     with pytest.raises(ValueError, match="at least 2 rows"):
