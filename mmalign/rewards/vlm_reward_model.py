@@ -114,8 +114,8 @@ class VLMRewardModel:
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         if max_pixels is not None:
-            for proc in (getattr(self.processor, "image_processor", None), getattr(self.processor, "video_processor", None)):
-                _set_max_pixels(proc, max_pixels)
+            for name in ("image_processor", "video_processor"):
+                _set_max_pixels(getattr(self.processor, name, None), max_pixels)
         base_vocab = len(tok)
         self.reward_tokens = tuple(f"<|{d}_reward|>" for d in dims) if pooling == "reward_tokens" else ()
         added = tok.add_tokens(list(self.reward_tokens), special_tokens=True) if self.reward_tokens else 0
@@ -129,7 +129,10 @@ class VLMRewardModel:
         if added:
             _init_new_embeddings(backbone, base_vocab, len(tok))
         if gradient_checkpointing:
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5 name
+                backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora is not None:
             from peft import LoraConfig, get_peft_model
 
@@ -161,7 +164,8 @@ class VLMRewardModel:
 
         value = getattr(record, name)
         if not isinstance(value, str):
-            raise DataError(record.source, None, name, f"expected a path to the {self.modality}, got {type(value).__name__}")
+            raise DataError(record.source, None, name,
+                            f"expected a path to the {self.modality}, got {type(value).__name__}")
         path = resolve_media_path(value, record.data_file or ".")
         if not path.exists():
             raise DataError(record.source, None, name, f"{path}: file not found")
@@ -181,16 +185,18 @@ class VLMRewardModel:
         return prompt
 
     def _chat(self, prompt: str) -> str:
-        user = [{"type": self.modality}, {"type": "text", "text": self.instruction.format(prompt=prompt, modality=self.modality)}]
-        messages = [{"role": "user", "content": user}]
+        text = self.instruction.format(prompt=prompt, modality=self.modality)
+        messages = [{"role": "user", "content": [{"type": self.modality}, {"type": "text", "text": text}]}]
         if self.reward_tokens:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": "".join(self.reward_tokens)}]})
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=not self.reward_tokens)
+        open_turn = not self.reward_tokens  # "last" pooling reads the assistant header's last token
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=open_turn)
 
     def process(self, prompts: list[str], media: list[torch.Tensor]) -> dict:
         """Processor outputs for ``N`` items (uint8 media) plus the pooled ``positions`` ``[N, 1 or D]``."""
         key = "images" if self.modality == "image" else "videos"
-        out = dict(self.processor(text=[self._chat(p) for p in prompts], **{key: media}, padding=True, return_tensors="pt"))
+        texts = [self._chat(p) for p in prompts]
+        out = dict(self.processor(text=texts, **{key: media}, padding=True, return_tensors="pt"))
         ids, mask = out["input_ids"], out["attention_mask"]
         if self.reward_tokens:
             hits = torch.stack([ids == t for t in self.reward_token_ids], dim=-1)  # [N, L, D]
@@ -205,6 +211,8 @@ class VLMRewardModel:
         """Both media of a pair (uint8), the prompt and the per-dimension labels; errors name the record."""
         if not isinstance(record.prompt, str):
             raise DataError(record.source, None, "prompt", f"{self.modality} pairs need a text prompt")
+        if any(t in record.prompt for t in self.reward_tokens):
+            raise DataError(record.source, None, "prompt", "contains a reward token; they must appear only once")
         enc = {"prompt": self._prompt(record.prompt), "chosen": self._load(record, "chosen"),
                "rejected": self._load(record, "rejected"), "labels": label_vector(record, self.dims)}
         if self.max_length is not None:
@@ -246,7 +254,8 @@ class VLMRewardModel:
         want = 4 if self.modality == "image" else 5
         if not isinstance(samples, torch.Tensor) or samples.dim() != want or samples.shape[1] != 3:
             shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
-            raise ValueError(f"{self.modality} reward model expects samples [B, 3, {'F, ' * (want == 5)}H, W], got {shape}")
+            layout = "[B, 3, H, W]" if want == 4 else "[B, 3, F, H, W]"
+            raise ValueError(f"{self.modality} reward model expects samples {layout}, got {shape}")
         if len(prompts) != samples.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {samples.shape[0]} samples")
         media = samples.detach().float().cpu()
@@ -312,7 +321,8 @@ def load_vlm_reward_model(path: str | Path, torch_dtype: str = "float32") -> VLM
     if meta["weights"] == "adapter":  # rebuilt exactly as for training (same reward-token rows), then the adapter
         from peft import PeftModel
 
-        model = VLMRewardModel(pretrained=meta["pretrained"], processor=meta["processor"], torch_dtype=torch_dtype, **args)
+        model = VLMRewardModel(pretrained=meta["pretrained"], processor=meta["processor"], torch_dtype=torch_dtype,
+                               **args)
         model.model.backbone = PeftModel.from_pretrained(model.model.backbone, backbone_dir)
     else:
         model = VLMRewardModel(pretrained=str(backbone_dir), torch_dtype=torch_dtype, **args)

@@ -29,13 +29,14 @@ TEMPLATE = (
 
 
 def tiny_qwen2_vl(tokens: dict[str, int], vocab: int) -> dict:
-    """Config of a tiny Qwen2-VL: 2 text layers (hidden 32), 1 vision block, 4-pixel patches (16x16 image = 4 tokens)."""
+    """A tiny Qwen2-VL: 2 text layers (hidden 32), 1 vision block, 4-pixel patches (16x16 image = 4 tokens)."""
     return {
         "model_type": "qwen2_vl",
         "text_config": {"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
                         "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0},
-                        "bos_token_id": None, "eos_token_id": tokens["<|im_end|>"], "pad_token_id": tokens["<|endoftext|>"]},
+                        "bos_token_id": None, "eos_token_id": tokens["<|im_end|>"],
+                        "pad_token_id": tokens["<|endoftext|>"]},
         "vision_config": {"depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2,
                           "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2},
         "image_token_id": tokens["<|image_pad|>"], "video_token_id": tokens["<|video_pad|>"],
@@ -85,8 +86,10 @@ def bright_dark_pairs(root, n: int, seed: int) -> list[dict]:
         bright = shade(root / "img" / f"{seed}_{i}_b.png", rng.uniform(0.6, 0.9), rng)
         dark = shade(root / "img" / f"{seed}_{i}_d.png", rng.uniform(0.1, 0.4), rng)
         want_bright = rng.random() < 0.5
-        rows.append({"prompt": f"a {'bright' if want_bright else 'dark'} photo of a {rng.choice(['cat', 'dog', 'tree'])}",
-                     "chosen": f"img/{bright if want_bright else dark}", "rejected": f"img/{dark if want_bright else bright}",
+        chosen, rejected = (bright, dark) if want_bright else (dark, bright)
+        subject = rng.choice(["cat", "dog", "tree"])
+        rows.append({"prompt": f"a {'bright' if want_bright else 'dark'} photo of a {subject}",
+                     "chosen": f"img/{chosen}", "rejected": f"img/{rejected}",
                      "labels": {"TA": "chosen"}})
     return rows
 
@@ -114,7 +117,7 @@ def test_score_shapes_and_reward_token_positions(tiny_vlm, tmp_path):
     assert pos.shape == (4, 2) and bool((pos[:, 1] == pos[:, 0] + 1).all())
     ids = batch["input_ids"].gather(1, pos)
     assert ids.tolist() == [rm.reward_token_ids] * 4
-    # Head d sees only token d: changing the input at TA's token alone changes only the TA score.
+    # Head d reads only token d's hidden state.
     hidden = rm.model.backbone(**{k: batch[k] for k in batch["input_keys"]}, use_cache=False).last_hidden_state
     w, b = rm.model.heads.proj.weight, rm.model.heads.proj.bias
     expect = torch.stack([hidden[torch.arange(4), pos[:, d]] @ w[d] + b[d] for d in range(2)], dim=1)
@@ -124,7 +127,12 @@ def test_score_shapes_and_reward_token_positions(tiny_vlm, tmp_path):
     lb = last.collate([last.encode(r) for r in records])
     assert lb["positions"].shape == (4, 1)
     assert lb["positions"][:, 0].tolist() == (lb["attention_mask"].sum(1) - 1).tolist()  # right padding
-    assert last.score(lb).shape == (4, 2)
+    right = last.score(lb)
+    assert right.shape == (4, 2)
+    last.processor.tokenizer.padding_side = "left"  # pooling and M-RoPE positions follow the attention mask
+    lb = last.collate([last.encode(r) for r in records])
+    assert lb["positions"][:, 0].tolist() == [lb["input_ids"].shape[1] - 1] * 4
+    torch.testing.assert_close(last.score(lb), right, atol=1e-4, rtol=1e-4)
 
 
 def test_encode_errors_name_the_record(tiny_vlm, tmp_path):
@@ -135,6 +143,8 @@ def test_encode_errors_name_the_record(tiny_vlm, tmp_path):
         rm.encode(bad)
     with pytest.raises(DataError, match=r"d.jsonl:4: field 'chosen': \d+ tokens .* exceed max_length 30"):
         rm.encode(record(rows[0], tmp_path / "d.jsonl", 4))
+    with pytest.raises(DataError, match=r"d.jsonl:6: field 'prompt': contains a reward token"):
+        rm.encode(record({**rows[0], "prompt": "a <|TA_reward|> photo"}, tmp_path / "d.jsonl", 6))
     with pytest.raises(DataError, match="dimensions"):
         VLMRewardModel(pretrained=str(tiny_vlm[0]), dims=["VQ"], modality="image").encode(
             record(rows[0], tmp_path / "d.jsonl", 5))
@@ -155,7 +165,8 @@ def test_video_reward_and_lora_round_trips(tiny_vlm, tmp_path):
         rm.save_pretrained(tmp_path / kind)
         meta = json.loads((tmp_path / kind / "reward_model.json").read_text())
         assert meta["type"] == "vlm_reward_model" and meta["weights"] == kind
-        assert (tmp_path / kind / "backbone" / ("adapter_model.safetensors" if kind == "adapter" else "model.safetensors")).is_file()
+        weights = "adapter_model.safetensors" if kind == "adapter" else "model.safetensors"
+        assert (tmp_path / kind / "backbone" / weights).is_file()
         back = load_vlm_reward_model(tmp_path / kind)
         assert back.modality == "video" and back.dims == ("VQ", "MQ", "TA")
         torch.testing.assert_close(back.reward(["a cat", "a dog"], video), want)
@@ -173,8 +184,8 @@ def test_learns_prompt_dependent_preference_via_cli(tiny_vlm, tmp_path):
                     "resolution": 16},
         "objective": {"name": "bradley_terry"},
         "data": {"name": "preference_pairs", "path": str(train), "eval_path": str(held)},
-        "optim": {"name": "adamw", "lr": 3e-3},
-        "train": {"max_steps": 40, "batch_size": 16, "eval_every": 10, "save_every": 40, "progress": False,
+        "optim": {"name": "adamw", "lr": 1e-2},  # seeds 0-3 reach 1.0 held-out accuracy by step 15
+        "train": {"max_steps": 20, "batch_size": 16, "eval_every": 10, "save_every": 20, "progress": False,
                   "plot": False, "lr_scheduler": "constant"},
         "accelerate": {"log_with": []},
     }
