@@ -38,7 +38,12 @@ def cmd_train(args) -> int:
 
 def cmd_validate(args) -> int:
     from mmalign import registry
+    from mmalign.config import load_reward_section, load_yaml
 
+    if "recipe" not in load_yaml(args.config):  # a scoring config: just a reward section
+        section, _ = load_reward_section(args.config, args.overrides)
+        print(f"{args.config}: valid reward config ({section['name']})")
+        return 0
     cfg = _load(args)
     if cfg.objective is not None:
         registry.build("objective", cfg.objective)  # checks value ranges (beta > 0, ...)

@@ -13,7 +13,7 @@ CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "accelerate" n
 
 def test_there_are_configs_for_every_modality():
     names = {p.parent.name for p in CONFIGS}
-    assert {"text", "image", "video", "audio"} <= names
+    assert {"text", "image", "video", "audio", "rewards"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))

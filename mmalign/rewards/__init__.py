@@ -14,9 +14,10 @@ from mmalign.rewards.exemplar import ExemplarReward, SetFADCredit, VendiCredit
 from mmalign.rewards.frechet import ReferenceStats, fad_inf, frechet_distance, per_sample_fad
 from mmalign.rewards.reward_model import LearnedReward, TextRewardModel
 from mmalign.rewards.vendi import vendi_score
+from mmalign.rewards.vlm_reward_model import VLMRewardModel, load_vlm_reward_model
 
 __all__ = [
     "CLAPScore", "CLIPScore", "Composite", "EmbeddingRewardModel", "ExemplarReward", "LearnedReward", "ReferenceStats", "Reward",
-    "SetFADCredit", "TextRewardModel", "VendiCredit", "fad_inf", "frechet_distance", "per_sample_fad",
-    "vendi_score", "weighted_sum",
+    "SetFADCredit", "TextRewardModel", "VLMRewardModel", "VendiCredit", "fad_inf", "frechet_distance", "per_sample_fad",
+    "load_vlm_reward_model", "vendi_score", "weighted_sum",
 ]

@@ -232,6 +232,11 @@ class LearnedReward(Reward):
         kind = json.loads(meta_file.read_text())["type"]
         if kind == "text_reward_model":
             self.model, self.modality = load_text_reward_model(path), "text"
+        elif kind == "vlm_reward_model":
+            from mmalign.rewards.vlm_reward_model import load_vlm_reward_model
+
+            self.model = load_vlm_reward_model(path)
+            self.modality = self.model.modality
         else:
             from mmalign.rewards.embedding_reward_model import load_embedding_reward_model
 

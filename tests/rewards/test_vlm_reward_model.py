@@ -205,3 +205,10 @@ def test_learns_prompt_dependent_preference_via_cli(tiny_vlm, tmp_path):
     scores = rm.reward(prompts, images)
     assert scores.shape == (4, 1)
     assert scores[0, 0] > scores[1, 0] and scores[3, 0] > scores[2, 0], scores
+    # ... and through the reward registry, z-normalised.
+    from mmalign.registry import build
+
+    reward = build("reward", {"name": "reward_model", "path": str(tmp_path / "rm" / "final"), "device": "cpu"})
+    assert reward.modality == "image" and reward.dims == ("TA",)
+    z = reward(images, prompts)
+    assert z.shape == (4, 1) and z[0, 0] > z[1, 0] and z[3, 0] > z[2, 0]
