@@ -4,6 +4,8 @@
     mmalign cache CONFIG [key.sub=value ...]
     mmalign sample CONFIG [key.sub=value ...]
     mmalign score CONFIG INPUT [key.sub=value ...]
+    mmalign generate CONFIG [key.sub=value ...]
+    mmalign eval CONFIG [key.sub=value ...]
     mmalign validate CONFIG [key.sub=value ...] [--no-data]
     mmalign list [KIND]
 
@@ -48,7 +50,9 @@ def cmd_validate(args) -> int:
     if cfg.objective is not None:
         registry.build("objective", cfg.objective)  # checks value ranges (beta > 0, ...)
     summary = f"{args.config}: valid {cfg.recipe} config"
-    if cfg.data is not None and not args.no_data:
+    if cfg.data is not None and "run" in registry.get("data", cfg.data["name"]).runtime_args:
+        summary += "; data: generated when the run starts (mmalign generate CONFIG makes it now)"
+    elif cfg.data is not None and not args.no_data:
         data = registry.build("data", cfg.data, seed=cfg.seed)
         summary += f"; data: {len(data.train)} train / {len(data.eval)} eval records, all valid"
     print(summary)
@@ -99,6 +103,28 @@ def cmd_score(args) -> int:
     for dim in (*reward.dims, "total"):
         s = summary[dim]
         print(f"  {dim:<24} mean {s['mean']:.4f}  std {s['std']:.4f}  min {s['min']:.4f}  max {s['max']:.4f}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from mmalign import registry
+
+    cfg = _load(args)
+    if cfg.data is None or "run" not in registry.get("data", cfg.data["name"]).runtime_args:
+        raise registry.ConfigError("data: `mmalign generate` needs a generated data source (data.name=generated_pairs)")
+    data = registry.build("data", cfg.data, seed=cfg.seed, run=cfg)
+    print(f"generated {len(data.train)} train / {len(data.eval)} eval pairs")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from mmalign.gym.run import run_eval, summary_line
+
+    result = run_eval(_load(args))
+    print(summary_line(result))
+    print(json.dumps({k: result[k] for k in ("win_rate", "ci_low", "ci_high", "passed")}))
     return 0
 
 
@@ -156,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sample-rate", type=int, default=None, help="audio: resample to this rate (default: file's)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("generate", help="sample a model, label pairs with a (simulated) annotator, write pair data")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="compare a fine-tuned model with its base on a gym world's ground truth")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("list", help="print the registered adapters, objectives, rewards, data, optimizers, recipes")
     p.add_argument("kind", nargs="?")

@@ -35,7 +35,7 @@ from mmalign import registry
 from mmalign.registry import ConfigError, nearest
 
 COMPONENT_SECTIONS = ("adapter", "objective", "reward", "data", "optim")
-TOP_LEVEL = ("recipe", "seed", "output_dir", *COMPONENT_SECTIONS, "train", "accelerate", "sample")
+TOP_LEVEL = ("recipe", "seed", "output_dir", *COMPONENT_SECTIONS, "train", "accelerate", "sample", "eval")
 
 
 @dataclass
@@ -76,6 +76,22 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The ``eval:`` section: a gym-world comparison of the fine-tuned model against its base, run at
+    the end of training when ``world`` is set, or by ``mmalign eval CONFIG``."""
+
+    world: str | None = field(default=None, metadata={"help": "Gym world whose ground truth judges."})
+    num_prompts: int = 20
+    samples_per_prompt: int = 4
+    tolerance: float = field(default=0.05, metadata={"help": "Ground-truth gaps within this are ties."})
+    dim_weights: dict[str, float] | None = None
+    seed: int = 1234
+    batch_size: int = 64
+    weights: str | None = field(default=None, metadata={"help": "Fine-tuned weights; default OUTPUT_DIR/final."})
+    out_dir: str | None = field(default=None, metadata={"help": "Default OUTPUT_DIR/eval."})
+
+
+@dataclass
 class RunConfig:
     """A validated run: component sections stay dicts (built through the registry); ``train``
     and ``accelerate`` are dataclass instances."""
@@ -91,6 +107,7 @@ class RunConfig:
     train: Any
     accelerate: AccelerateConfig
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         """Plain dicts/lists/scalars, ready for YAML."""
@@ -325,6 +342,7 @@ def validate(data: dict) -> RunConfig:
     train = build_dataclass(recipe.TrainConfig, data.get("train") or {}, "train")
     accel = build_dataclass(AccelerateConfig, data.get("accelerate") or {}, "accelerate")
     sample = build_dataclass(SampleConfig, data.get("sample") or {}, "sample")
+    evaluation = build_dataclass(EvalConfig, data.get("eval") or {}, "eval")
     return RunConfig(
         recipe=recipe_name,
         seed=check_value(data.get("seed", 0), int, "seed"),
@@ -332,6 +350,7 @@ def validate(data: dict) -> RunConfig:
         train=train,
         accelerate=accel,
         sample=sample,
+        eval=evaluation,
         **sections,
     )
 

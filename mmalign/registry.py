@@ -85,6 +85,7 @@ def build(kind: str, cfg: dict[str, Any], **runtime: Any) -> Any:
     """Build the component a config section names. ``cfg`` must already be validated."""
     args = dict(cfg)
     entry = get(kind, args.pop("name"))
+    runtime = {k: v for k, v in runtime.items() if k in entry.runtime_args}  # what this component takes
     try:
         return entry.obj(**args, **runtime)
     except ValueError as err:

@@ -36,7 +36,8 @@ def test_override_creates_nested_sections():
         ("objective.beta=high", "objective.beta: expected a float"),
         ("train.resume=maybe", "train.resume: expected true or false"),
         ("accelerate.mixed_precision=fp8", "accelerate.mixed_precision"),
-        ("reward.name=x", "reward: the 'offline_preference' recipe uses no reward"),
+        ("reward.name=clip_scor", "reward.name: unknown reward 'clip_scor'; did you mean 'clip_score'?"),
+        ("eval.num_prompt=3", "eval.num_prompt: unknown key; did you mean 'num_prompts'?"),
     ],
 )
 def test_bad_configs_name_the_key_and_the_nearest_valid_one(make_config, override, message):

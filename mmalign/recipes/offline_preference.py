@@ -86,7 +86,9 @@ class OfflinePreference:
     """DPO-family training on fixed preference pairs (text DPO, Flow-DPO, Diffusion-DPO)."""
 
     TrainConfig = TrainConfig
-    sections = {"adapter": "required", "objective": "required", "data": "required", "optim": "required"}
+    # reward: optional -- labels generated data (data: generated_pairs) when no gym world does
+    sections = {"adapter": "required", "objective": "required", "data": "required", "optim": "required",
+                "reward": "optional"}
     PLOT_KEYS = PLOT_KEYS
 
     def __init__(self, cfg: RunConfig):
@@ -120,7 +122,7 @@ class OfflinePreference:
         set_seed(cfg.seed)
         self.main = accel.is_main_process
 
-        self.data = registry.build("data", cfg.data, seed=cfg.seed)
+        self.data = registry.build("data", cfg.data, seed=cfg.seed, run=cfg)
         self.objective = registry.build("objective", cfg.objective)
         needs_ref = self.objective.needs_reference
         self.adapter = registry.build("adapter", cfg.adapter, reference_copy=needs_ref and not tcfg.precompute_ref)
@@ -376,6 +378,11 @@ class OfflinePreference:
         self.train()
         result = self.evaluate()
         self.cleanup()
+        if self.cfg.eval.world and self.main:  # the gym's ground-truth comparison with the base
+            from mmalign.gym.run import run_eval, summary_line
+
+            self.world_eval = run_eval(self.cfg)
+            print(f"[mmalign] {self.cfg.eval.world}: {summary_line(self.world_eval)}")
         return result
 
 

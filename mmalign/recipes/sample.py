@@ -145,3 +145,60 @@ def run_sample(cfg: RunConfig) -> list[Path]:
     if cfg.adapter["name"] == "causal_lm":
         return sample_text(cfg, out_dir, prompts)
     return sample_diffusion(cfg, out_dir, prompts)
+
+
+def make_sampler(adapter_cfg: dict, weights: Path | None, sample_kwargs: dict, *, device: str | None = None):
+    """``sampler(prompts, seeds) -> samples`` for a base (``weights=None``) or fine-tuned model:
+    images ``[B, 3, H, W]``, videos ``[B, 3, F, H, W]``, audio ``[B, C, T]`` in [-1, 1]; text ``list[str]``.
+    Each sample is drawn from its own seed, so two models sampled with the same seeds share noise."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if adapter_cfg["name"] == "causal_lm":
+        return _text_sampler(adapter_cfg, weights, sample_kwargs, device)
+    from mmalign.adapters.diffusion_families import FAMILIES, detect_family
+
+    pretrained = adapter_cfg["pretrained"]
+    family = FAMILIES[adapter_cfg["family"]]() if adapter_cfg.get("family") else detect_family(pretrained)
+    family.configure(pretrained, dict(family.load_scheduler(pretrained).config))
+    pipe = load_diffusion_pipeline(pretrained, family, weights).to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    @torch.no_grad()
+    def sample(prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+        out = pipe(prompts, generator=generators, output_type="pt" if family.modality != "audio" else "np",
+                   **sample_kwargs)
+        if family.modality == "image":
+            return out.images.float().cpu() * 2 - 1
+        if family.modality == "video":
+            return out.frames.float().cpu().permute(0, 2, 1, 3, 4) * 2 - 1  # [B, F, 3, H, W] -> [B, 3, F, H, W]
+        audio = torch.as_tensor(out.audios).float().cpu()
+        return audio if audio.dim() == 3 else audio[:, None]
+
+    return sample
+
+
+def _text_sampler(adapter_cfg: dict, weights: Path | None, sample_kwargs: dict, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pretrained = adapter_cfg.get("pretrained")
+    tokenizer = AutoTokenizer.from_pretrained(adapter_cfg.get("tokenizer") or pretrained)
+    source = weights if weights is not None and (weights / "config.json").is_file() else pretrained
+    model = AutoModelForCausalLM.from_pretrained(source)
+    if weights is not None and (weights / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, weights)
+    model.to(device).eval()
+    kwargs = {"max_new_tokens": 16, "do_sample": True, "temperature": 1.0, **sample_kwargs}
+
+    @torch.no_grad()
+    def sample(prompts: list[str], seeds: list[int]) -> list[str]:
+        out = []
+        for prompt, seed in zip(prompts, seeds):
+            torch.manual_seed(seed)
+            ids = tokenizer(prompt, return_tensors="pt").to(device)
+            gen = model.generate(**ids, pad_token_id=tokenizer.pad_token_id, **kwargs)
+            out.append(tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+        return out
+
+    return sample
