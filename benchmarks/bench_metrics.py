@@ -21,7 +21,7 @@ agreement of the values and the share of the machine's CPU that other processes 
 case (all its rounds; 50% on a 2-core machine = one core busy).
 CPU only unless ``--device cuda`` (then mmalign runs on the GPU and is synchronised).
 
-    python benchmarks/bench_metrics.py                       # defaults: ~5 min on a 2-core CPU
+    python benchmarks/bench_metrics.py                       # defaults: 7-8 min on a shared 2-core CPU
     python benchmarks/bench_metrics.py --sizes 1000 --repeats 1 --vendi-sizes 500
 """
 

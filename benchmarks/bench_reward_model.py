@@ -102,10 +102,11 @@ def run_mmalign(args, work: Path, embedding: bool) -> dict:
     recipe = RewardModelRecipe(load_config(work / "rm.yaml"))
     recipe.setup()
     setup_rss, shapes, backbone_s = rss_mb(), [], []
-    samples, write = [cpu_sample()], recipe.metrics.write
+    samples, cpu, write = [cpu_sample()], [time.process_time()], recipe.metrics.write
 
-    def write_and_sample(*a, **k):
+    def write_and_sample(*a, **k):  # once per step: machine load and this process's CPU time
         samples.append(cpu_sample())
+        cpu.append(time.process_time())
         write(*a, **k)
 
     recipe.metrics.write = write_and_sample
@@ -131,6 +132,7 @@ def run_mmalign(args, work: Path, embedding: bool) -> dict:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     train = [r for r in rows if r.get("split") == "train"]
     return {"step_times": [r["step_time"] for r in train], "loss": [r["loss"] for r in train], "shapes": shapes,
+            "cpu_times": [b - a for a, b in zip(cpu, cpu[1:])],
             "backbone_s": backbone_s, "others": [others_load(a, b) for a, b in zip(samples, samples[1:])],
             "setup_rss_mb": setup_rss, "trainable": sum(p.numel() for p in ad.model.parameters() if p.requires_grad),
             "frozen": sum(p.numel() for p in ad.embedder.model.parameters()) if embedding else 0}
@@ -139,23 +141,25 @@ def run_mmalign(args, work: Path, embedding: bool) -> dict:
 def run_trl(args, work: Path) -> dict:
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, set_seed
     from trl import RewardConfig, RewardTrainer
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.begin, self.inner, self.loop, self.others, self.last_end = None, [], [], [], None
+            self.begin, self.inner, self.loop, self.others, self.cpu = None, [], [], [], []
+            self.last_end, self.last_cpu = None, time.process_time()  # set just before train()
 
         def on_step_begin(self, *a, **k):
             self.begin = cpu_sample()
 
         def on_step_end(self, *a, **k):
-            now = cpu_sample()
+            now, cpu = cpu_sample(), time.process_time()
             self.inner.append(now[0] - self.begin[0])
             self.others.append(others_load(self.begin, now))
+            self.cpu.append(cpu - self.last_cpu)  # whole loop, like mmalign's: data, step, logging
             if self.last_end is not None:
                 self.loop.append(now[0] - self.last_end[0])
-            self.last_end = now
+            self.last_end, self.last_cpu = now, cpu
 
     config = RewardConfig(
         output_dir=str(work / "trl_out"), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
@@ -164,6 +168,7 @@ def run_trl(args, work: Path) -> dict:
         bf16=False, fp16=False, activation_checkpointing=False,  # RewardConfig defaults: both on; mmalign: off
         use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True)
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
+    set_seed(0)  # the new score head's init
     model = AutoModelForSequenceClassification.from_pretrained(work / "model", num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     timer, shapes = StepTimer(), []
@@ -180,9 +185,11 @@ def run_trl(args, work: Path) -> dict:
 
     trainer.data_collator = collate_and_record
     setup_rss = rss_mb()
+    timer.last_cpu = time.process_time()
     trainer.train()
     assert not trainer.model.is_gradient_checkpointing and next(trainer.model.parameters()).dtype == torch.float32
     return {"step_times": timer.inner, "loop_times": timer.loop, "others": timer.others, "shapes": shapes,
+            "cpu_times": timer.cpu,
             "loss": [h["loss"] for h in trainer.state.log_history if "loss" in h], "setup_rss_mb": setup_rss,
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
@@ -265,7 +272,10 @@ def report(args, results: dict[str, list[dict]], lengths: list[int]) -> None:
     if min(len(quiet[s]) for s in SIDES) >= 3:
         rows.append((f"  quiet-step pairs/s ({'/'.join(str(len(quiet[s])) for s in SIDES)})",
                      *(bs / med(quiet[s]) for s in SIDES)))
-    rows += [("fastest step (s)", *(min(steps[s]) for s in SIDES)),
+    cpu = {s: [t for r in results[s] for t in r["cpu_times"][w:]] for s in SIDES}
+    rows += [("median CPU s / step (whole loop)", *(med(cpu[s]) for s in SIDES)),
+             ("pairs / CPU-second", *(bs / med(cpu[s]) for s in SIDES)),
+             ("fastest step (s)", *(min(steps[s]) for s in SIDES)),
              ("setup RSS (MiB)", *(over(s, "setup_rss_mb") for s in SIDES)),
              ("peak RSS (MiB)", *(over(s, "peak_rss_mb") for s in SIDES)),
              ("peak - setup RSS (MiB)", *(med([r["peak_rss_mb"] - r["setup_rss_mb"] for r in results[s]]) for s in SIDES)),
@@ -289,7 +299,8 @@ def report(args, results: dict[str, list[dict]], lengths: list[int]) -> None:
         for i, r in enumerate(results[s]):
             print(f"{s} round {i}: median {med(r['step_times'][w:]):.3f} s; loss {r['loss'][0]:.4f} -> "
                   f"{r['loss'][-1]:.4f}; subprocess {r['total_s']:.1f} s"
-                  f"\n  step s {[round(t, 2) for t in r['step_times']]}\n  others {[round(o, 2) for o in r['others']]}")
+                  f"\n  step s {[round(t, 2) for t in r['step_times']]}\n  cpu s  {[round(t, 2) for t in r['cpu_times']]}"
+                  f"\n  others {[round(o, 2) for o in r['others']]}")
 
 
 def main() -> None:

@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "assets" / "gym" / "arith" / "base"))
     parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--wrong", type=float, default=0.3, help="share of wrong answers in the corpus")
     parser.add_argument("--verbose", type=float, default=0.4, help="share of verbose answers in the corpus")
     parser.add_argument("--no-measure", action="store_true", help="skip sampling the base at the end")
@@ -92,7 +94,7 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     ids = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
-    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), hidden_size=64, intermediate_size=128,
+    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), hidden_size=args.hidden, intermediate_size=2 * args.hidden,
                                                num_attention_heads=4, num_key_value_heads=2,
                                                max_position_embeddings=64, **ids))
     model.generation_config.update(**ids)
@@ -101,8 +103,8 @@ def main() -> None:
         a, b = rng.choice(sums)
         return f"{arith_prompt(a, b)}{answer(a, b, rng, args.wrong, args.verbose)}{tokenizer.eos_token}"
 
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.steps, pct_start=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     model.train()
     for step in range(args.steps):
         batch = tokenizer([line() for _ in range(args.batch_size)], return_tensors="pt", padding=True)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from mmalign.registry import register
 from mmalign.rewards.base import Reward
-from mmalign.rewards.frechet import ReferenceStats, frechet_distance_from_stats, gaussian_stats, per_sample_fad_batch
+from mmalign.rewards.frechet import ReferenceStats, per_sample_fad, per_sample_fad_batch
 from mmalign.rewards.vendi import vendi_score
 
 
@@ -142,10 +142,6 @@ class ExemplarReward(Reward):
         return score[:, None]
 
 
-def leave_one_out(values_without: list[torch.Tensor], value_all: torch.Tensor) -> torch.Tensor:
-    return torch.stack(values_without) - value_all
-
-
 @register("reward", "set_fad_credit")
 class SetFADCredit(Reward):
     """DRAGON distribution-to-distribution reward: each sample's leave-one-out effect on the batch's FAD to the exemplars."""
@@ -165,27 +161,32 @@ class SetFADCredit(Reward):
         x = self.embedder.embed(samples, sample_rate=sample_rate).double().cpu()
         if x.shape[0] < 3:
             raise ValueError("set_fad_credit needs batches of at least 3 samples")
-        fad = lambda feats: frechet_distance_from_stats(*gaussian_stats(feats), self.stats.mu, self.stats.sigma, eps=self.eps)
-        total = fad(x)
-        without = [fad(torch.cat([x[:i], x[i + 1:]])) for i in range(x.shape[0])]
-        return leave_one_out(without, total).float()[:, None]
+        # FAD of a set against the exemplar statistics is per_sample_fad of its rows; the leave-one-out
+        # sets have equal sizes, so they run as one batched call on batch-sized matrices.
+        total = per_sample_fad(x, self.stats, eps=self.eps)
+        without = per_sample_fad_batch([torch.cat([x[:i], x[i + 1:]]) for i in range(x.shape[0])], self.stats, eps=self.eps)
+        return (without - total).float()[:, None]
 
 
 @register("reward", "vendi_credit")
 class VendiCredit(Reward):
     """DRAGON distribution-to-distribution reward: each sample's leave-one-out contribution to the batch's Vendi score."""
 
-    def __init__(self, embedder: dict, kernel: Literal["cosine", "rbf"] = "cosine"):
-        """``credit_i = Vendi(batch) − Vendi(batch \\ {i})``: positive when sample i adds diversity."""
+    def __init__(self, embedder: dict, kernel: Literal["cosine", "rbf"] = "cosine", bandwidth: float | None = None):
+        """``credit_i = Vendi(batch) − Vendi(batch \\ {i})``: positive when sample i adds diversity.
+        ``bandwidth``: σ of the rbf kernel (required for ``rbf``)."""
         from mmalign.rewards.embedders import build_embedder
 
+        if kernel == "rbf" and bandwidth is None:
+            raise ValueError("vendi_credit: the rbf kernel needs a bandwidth")
         self.embedder = build_embedder(embedder)
         self.modality, self.dims, self.kernel = self.embedder.modality, ("vendi_credit",), kernel
+        self.kw = {"bandwidth": bandwidth} if kernel == "rbf" else {}
 
     def forward(self, samples, prompts=None, *, sample_rate=None):
         x = self.embedder.embed(samples, sample_rate=sample_rate).double().cpu()
         if x.shape[0] < 2:
             raise ValueError("vendi_credit needs batches of at least 2 samples")
-        total = vendi_score(x, kernel=self.kernel)
-        without = [vendi_score(torch.cat([x[:i], x[i + 1:]]), kernel=self.kernel) for i in range(x.shape[0])]
-        return (-leave_one_out(without, total)).float()[:, None]
+        total = vendi_score(x, kernel=self.kernel, **self.kw)
+        without = [vendi_score(torch.cat([x[:i], x[i + 1:]]), kernel=self.kernel, **self.kw) for i in range(x.shape[0])]
+        return (total - torch.stack(without)).float()[:, None]

@@ -119,3 +119,11 @@ def test_vendi_credit_rewards_the_unique_sample():
     b.view(-1)[:3] = torch.tensor([0.0, 1.0, 0.0])
     credit = VendiCredit(embedder=emb)(torch.stack([a, a.clone(), b]))[:, 0]
     assert credit[2] > credit[0] and credit[0] == pytest.approx(credit[1].item())
+
+
+def test_vendi_credit_rbf_needs_a_bandwidth():
+    emb = CallableEmbedder(lambda x: x.float().flatten(1)[:, :3], "image")
+    with pytest.raises(ValueError, match="bandwidth"):
+        VendiCredit(embedder=emb, kernel="rbf")
+    out = VendiCredit(embedder=emb, kernel="rbf", bandwidth=1.0)(torch.randn(4, 3, 2, 2))
+    assert out.shape == (4, 1) and torch.isfinite(out).all()

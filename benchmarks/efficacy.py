@@ -1,0 +1,131 @@
+"""Efficacy benchmark: does each optimizer align each gym world's base model, and by how much?
+
+For every world × optimizer, train from the SAME generated preference data (generated once per
+world and reused) with several seeds, then evaluate against the base under the world's ground
+truth (shared sampling seeds). Prints a table (win rate vs base mean ± sd over seeds, with the
+mean lower 95% bound; ground-truth reward change per dimension; Vendi change) and, with --append,
+adds it to benchmarks/RESULTS.md with the command.
+
+    python benchmarks/efficacy.py --worlds digits arith --seeds 0 1 2 --append
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Per world: the base config (adapter/data/eval) and the optimizers that apply, with their settings.
+WORLDS = {
+    "digits": {
+        "config": "configs/quickstart.yaml",
+        "optimizers": {
+            "flow_dpo": {"objective": {"name": "flow_dpo"}},
+            "flow_rwr": {"objective": {"name": "rwr", "beta": 0.05}},
+            "sft_chosen": {"objective": {"name": "sft"}},
+        },
+    },
+    "arith": {
+        "config": "configs/gym/arith_dpo.yaml",
+        "optimizers": {
+            "dpo_sigmoid": {"objective": {"name": "dpo", "loss_type": "sigmoid"}},
+            "dpo_ipo": {"objective": {"name": "dpo", "loss_type": "ipo", "beta": 0.5}},
+            "dpo_robust": {"objective": {"name": "dpo", "loss_type": "robust", "label_smoothing": 0.1}},
+            "sft_chosen": {"objective": {"name": "sft"}},
+        },
+    },
+}
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "objective" else v
+    return out
+
+
+def run_one(world: str, optimizer: str, seed: int, out_root: Path, steps: int | None) -> dict:
+    spec = WORLDS[world]
+    base_cfg = yaml.safe_load((ROOT / spec["config"]).read_text())
+    cfg = merge(base_cfg, spec["optimizers"][optimizer])
+    cfg["seed"] = seed
+    cfg["output_dir"] = str(out_root / world / optimizer / f"seed{seed}")
+    # every run trains on the same pairs: generate them once per world
+    cfg["data"] = {**cfg["data"], "out_dir": str(out_root / world / "data"), "seed": 0}
+    cfg["train"] = {**cfg.get("train", {}), "progress": False}
+    if steps:
+        cfg["train"]["max_steps"] = steps
+    path = Path(cfg["output_dir"]) / "bench.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mmalign.cli", "train", str(path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{world}/{optimizer}/seed{seed} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads((Path(cfg["output_dir"]) / "eval" / "eval.json").read_text())
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def summarize(results: list[dict]) -> dict:
+    def ms(values):
+        return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    dims = list(results[0]["reward"])
+    return {
+        "win_rate": ms([r["win_rate"] for r in results]),
+        "ci_low": statistics.mean(r["ci_low"] for r in results),
+        "strict": ms([r["win_rate_strict"] for r in results]),
+        "change": {d: ms([r["reward"][d]["change"] for r in results]) for d in dims},
+        "base": {d: results[0]["reward"][d]["base"] for d in dims},
+        "vendi": ms([r["vendi"]["tuned"] - r["vendi"]["base"] for r in results]),
+        "seconds": statistics.mean(r["seconds"] for r in results),
+    }
+
+
+def table(rows: dict[tuple[str, str], dict]) -> str:
+    lines = ["| world | optimizer | win rate vs base (mean ± sd) | mean lower 95% | strict | ground-truth change per dim | Vendi change | s/run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (world, opt), s in rows.items():
+        change = ", ".join(f"{d} {m:+.3f}±{sd:.3f} (base {s['base'][d]:.3f})" for d, (m, sd) in s["change"].items())
+        lines.append(f"| {world} | {opt} | {s['win_rate'][0]:.3f} ± {s['win_rate'][1]:.3f} | {s['ci_low']:.3f} | "
+                     f"{s['strict'][0]:.3f} | {change} | {s['vendi'][0]:+.2f} ± {s['vendi'][1]:.2f} | {s['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worlds", nargs="+", default=list(WORLDS))
+    parser.add_argument("--optimizers", nargs="+", default=None, help="subset of each world's optimizers")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="override train.max_steps")
+    parser.add_argument("--out", default="outputs/efficacy")
+    parser.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    rows = {}
+    for world in args.worlds:
+        for opt in WORLDS[world]["optimizers"]:
+            if args.optimizers and opt not in args.optimizers:
+                continue
+            results = [run_one(world, opt, seed, ROOT / args.out, args.steps) for seed in args.seeds]
+            rows[(world, opt)] = summarize(results)
+            print(table({(world, opt): rows[(world, opt)]}).splitlines()[-1], flush=True)
+    text = table(rows)
+    print(text)
+    if args.append:
+        cmd = "python benchmarks/efficacy.py " + " ".join(sys.argv[1:])
+        with (ROOT / "benchmarks" / "RESULTS.md").open("a") as fh:
+            fh.write(f"\n## Efficacy on the alignment gym\n\nCommand: `{cmd}` (2-core CPU).\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
