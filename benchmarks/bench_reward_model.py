@@ -18,8 +18,12 @@ fp32, full fine-tuning, no activation checkpointing (TRL: ``bf16=False``, ``acti
 its defaults are on), ``max_length`` 1024 (the parent checks that no pair is truncated and that both
 sides tokenize every sequence to the same ids). Step time: mmalign's ``step_time`` from
 ``metrics.jsonl`` (includes collation); TRL's ``on_step_begin -> on_step_end`` (excludes data loading;
-``on_step_end -> on_step_end`` is printed too). Pairs/s = batch size / median step time. Each side also
-records the padded shape of every batch it built, since the two collators pad differently.
+``on_step_end -> on_step_end`` is printed too). Pairs/s = batch size / median step time. Because a
+shared machine time-slices the single thread, each side also records its own CPU time per step (whole
+loop: ``time.process_time`` between step ends), which other processes barely affect, and the padded
+shape of every batch it built (the collators pad differently and the data orders differ), so the CPU
+time can be normalised per 1k padded tokens. Medians pool the steps after ``--warmup`` of all rounds;
+RSS figures are medians over rounds.
 
     python benchmarks/bench_reward_model.py          # all sides, tables and ratios (~4 min on 2 cores)
 """
@@ -262,26 +266,26 @@ def report(args, results: dict[str, list[dict]], lengths: list[int]) -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, open_clip "
           f"{open_clip.__version__}; {args.threads} thread(s); {args.rounds} rounds x {args.steps} steps per side, "
           f"first {w} of each round left out; batch {bs} pairs; text sequences {min(lengths)}-{max(lengths)} tokens")
-    steps = {s: [t for r in results[s] for t in r["step_times"][w:]] for s in SIDES}
-    quiet = {s: [t for r in results[s] for t, o in zip(r["step_times"][w:], r["others"][w:]) if o < args.quiet]
-             for s in SIDES}
-    over = lambda s, key: med([r[key] for r in results[s]])  # noqa: E731
-    shape = lambda s, f: statistics.mean(f(x) for r in results[s] for x in r["shapes"])  # noqa: E731
-    rows = [("median step time (s)", *(med(steps[s]) for s in SIDES)),
-            ("pairs/s (batch / median step)", *(bs / med(steps[s]) for s in SIDES))]
-    if min(len(quiet[s]) for s in SIDES) >= 3:
-        rows.append((f"  quiet-step pairs/s ({'/'.join(str(len(quiet[s])) for s in SIDES)})",
+    pool = lambda s, key, keep=lambda *x: True: [  # noqa: E731  steps after warmup, all rounds
+        v for r in results[s] for v, o in zip(r[key][w:args.steps], r["others"][w:]) if keep(o)]
+    over = lambda s, f: med([f(r) for r in results[s]])  # noqa: E731  median over rounds
+    tokens = lambda s, f: statistics.mean(f(*x) for x in pool(s, "shapes"))  # noqa: E731  per batch
+    per_1k = lambda s: med([c / (n * width) * 1e3 for r in results[s]  # noqa: E731
+                            for c, (n, width, _) in zip(r["cpu_times"][w:], r["shapes"][w:args.steps])])
+    quiet = {s: pool(s, "step_times", lambda o: o < args.quiet) for s in SIDES}
+    rows = [("median step time (s)", *(med(pool(s, "step_times")) for s in SIDES)),
+            ("pairs/s (batch / median step)", *(bs / med(pool(s, "step_times")) for s in SIDES))]
+    if min(len(q) for q in quiet.values()) >= 3:
+        rows.append((f"  quiet steps' pairs/s ({'/'.join(str(len(quiet[s])) for s in SIDES)})",
                      *(bs / med(quiet[s]) for s in SIDES)))
-    cpu = {s: [t for r in results[s] for t in r["cpu_times"][w:]] for s in SIDES}
-    rows += [("median CPU s / step (whole loop)", *(med(cpu[s]) for s in SIDES)),
-             ("pairs / CPU-second", *(bs / med(cpu[s]) for s in SIDES)),
-             ("fastest step (s)", *(min(steps[s]) for s in SIDES)),
-             ("setup RSS (MiB)", *(over(s, "setup_rss_mb") for s in SIDES)),
-             ("peak RSS (MiB)", *(over(s, "peak_rss_mb") for s in SIDES)),
-             ("peak - setup RSS (MiB)", *(med([r["peak_rss_mb"] - r["setup_rss_mb"] for r in results[s]]) for s in SIDES)),
-             ("padded batch width (tokens)", shape("mmalign", lambda x: x[1]), shape("trl", lambda x: x[1]), None),
-             ("padded tokens / batch", shape("mmalign", lambda x: x[0] * x[1]), shape("trl", lambda x: x[0] * x[1]), None),
-             ("real tokens / batch", shape("mmalign", lambda x: x[2]), shape("trl", lambda x: x[2]), None),
+    rows += [("median CPU s / step (whole loop)", *(med(pool(s, "cpu_times")) for s in SIDES)),
+             ("pairs / CPU-second", *(bs / med(pool(s, "cpu_times")) for s in SIDES)),
+             ("CPU ms / 1k padded tokens", per_1k("mmalign"), per_1k("trl"), None),
+             ("padded tokens / batch", tokens("mmalign", lambda n, t, _: n * t), tokens("trl", lambda n, t, _: n * t), None),
+             ("real tokens / batch", tokens("mmalign", lambda n, t, r: r), tokens("trl", lambda n, t, r: r), None),
+             ("setup RSS (MiB)", *(over(s, lambda r: r["setup_rss_mb"]) for s in SIDES)),
+             ("peak RSS (MiB)", *(over(s, lambda r: r["peak_rss_mb"]) for s in SIDES)),
+             ("peak - setup RSS (MiB)", *(over(s, lambda r: r["peak_rss_mb"] - r["setup_rss_mb"]) for s in SIDES)),
              ("trainable params (M)", *(results[s][0]["trainable"] / 1e6 for s in SIDES))]
     print(f"\n| {'metric':<34} | {'mmalign':>9} | {'TRL':>9} | {'mmalign/TRL':>11} | {'embedding':>9} |")
     print(f"|{'-' * 36}|{'-' * 11}|{'-' * 11}|{'-' * 13}|{'-' * 11}|")
@@ -290,10 +294,10 @@ def report(args, results: dict[str, list[dict]], lengths: list[int]) -> None:
         print(f"| {name:<34} | {a:>9.3f} | {b:>9.3f} | {a / b:>11.3f} | {emb} |")
     loop = [t for r in results["trl"] for t in r["loop_times"][max(0, w - 1):]]
     print(f"\nTRL on_step_end->on_step_end (whole loop incl. data loading, logging): median {med(loop):.3f} s")
-    emb = results["embedding"]
-    share = [b / t for r in emb for b, t in zip(r["backbone_s"][w:], r["step_times"][w:])]
-    print(f"embedding: frozen CLIP towers {emb[0]['frozen'] / 1e6:.1f} M params, trainable head "
-          f"{emb[0]['trainable'] / 1e6:.3f} M; median share of the step spent in the frozen towers {med(share):.1%}")
+    emb = results["embedding"][0]
+    share = med([b / t for r in results["embedding"] for b, t in zip(r["backbone_s"][w:], r["step_times"][w:])])
+    print(f"embedding: frozen CLIP towers {emb['frozen'] / 1e6:.1f} M params (run every step), trainable heads "
+          f"{emb['trainable'] / 1e6:.3f} M; median share of the step spent in the frozen towers {share:.1%}")
     print(f"quiet step: other processes used < {args.quiet:.0%} of the machine's CPU during it")
     for s in SIDES:
         for i, r in enumerate(results[s]):

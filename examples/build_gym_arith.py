@@ -1,10 +1,10 @@
 """Rebuild the base generator of the ``arith`` gym world: ``assets/gym/arith/base``.
 
-A 2-layer Llama (~0.13 M parameters, ~0.5 MB) with a locally trained byte-level BPE tokenizer is
+A 2-layer Llama (~0.12 M parameters, ~0.5 MB) with a locally trained byte-level BPE tokenizer is
 pretrained on generated lines ``"Question: what is a plus b? Answer:<answer><eos>"`` for every
 a, b in 0..12. Each line's answer is, independently,
 
-- wrong with probability ``--wrong`` (0.3): a near miss a+b ± 1..3 (kept non-negative), and
+- wrong with probability ``--wrong`` (0.3): a miss a+b ± 1..8 (kept non-negative), and
 - verbose with probability ``--verbose`` (0.4): one of the templates in ``VERBOSE`` (" the answer
   is 7", " 7, because 3 plus 4 makes 7", " well, I think it is 7", " it is 7"), else just " 7".
 
@@ -41,7 +41,7 @@ VERBOSE = (
     " well, I think it is {c}",
     " it is {c}",
 )
-OFFSETS = (-3, -2, -1, 1, 2, 3)
+OFFSETS = tuple(o for o in range(-8, 9) if o)  # wider misses than ±1..3 give a sharper base
 
 
 def answer(a: int, b: int, rng: random.Random, wrong: float, verbose: float) -> str:
@@ -70,10 +70,10 @@ def measure(path: Path, n_prompts: int = 40, per_prompt: int = 8, seed: int = 0)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "assets" / "gym" / "arith" / "base"))
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--steps", type=int, default=1800)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--wrong", type=float, default=0.3, help="share of wrong answers in the corpus")
     parser.add_argument("--verbose", type=float, default=0.4, help="share of verbose answers in the corpus")
     parser.add_argument("--no-measure", action="store_true", help="skip sampling the base at the end")
@@ -95,27 +95,32 @@ def main() -> None:
 
     ids = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
     model = LlamaForCausalLM(tiny_llama_config(len(tokenizer), hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-                                               num_attention_heads=4, num_key_value_heads=2,
+                                               num_attention_heads=8, num_key_value_heads=8,
                                                max_position_embeddings=64, **ids))
     model.generation_config.update(**ids)
 
-    def line() -> str:
+    # the whole corpus, generated and tokenized up front (one line per sample; no line repeats a draw)
+    lines = []
+    for _ in range(args.steps * args.batch_size):
         a, b = rng.choice(sums)
-        return f"{arith_prompt(a, b)}{answer(a, b, rng, args.wrong, args.verbose)}{tokenizer.eos_token}"
+        lines.append(f"{arith_prompt(a, b)}{answer(a, b, rng, args.wrong, args.verbose)}{tokenizer.eos_token}")
+    enc = tokenizer(lines, return_tensors="pt", padding=True)
+    inputs, mask = enc["input_ids"], enc["attention_mask"]
+    targets = inputs.masked_fill(mask == 0, -100)
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     model.train()
     for step in range(args.steps):
-        batch = tokenizer([line() for _ in range(args.batch_size)], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
+        rows = slice(step * args.batch_size, (step + 1) * args.batch_size)
+        n = int(mask[rows].sum(1).max())
+        loss = model(input_ids=inputs[rows, :n], attention_mask=mask[rows, :n], labels=targets[rows, :n]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad()
-        if step % 100 == 0 or step == args.steps - 1:
+        if step % 300 == 0 or step == args.steps - 1:
             print(f"step {step:4d}  loss {loss.item():.3f}  ({time.time() - t0:.0f} s)")
 
     model.eval()

@@ -6,8 +6,8 @@
 3. ``base/``: a complete tiny ``StableDiffusion3Pipeline``:
    - VAE: a tiny ``AutoencoderKL`` (16×16×3 → 8×8×4) trained for reconstruction on the digits; its
      ``shift_factor``/``scaling_factor`` are the latents' mean and 1/std, as SD3's are;
-   - text: two tiny random frozen CLIP encoders with a tokenizer trained on the captions; no T5
-     (``text_encoder_3=None``: the stock pipeline then puts zeros in the T5 slots of the context);
+   - text: two tiny random frozen CLIP encoders with tokenizers trained on the captions, and a tiny T5
+     whose output is zero by construction (see :func:`text_encoders`);
    - transformer: a 4-layer ``SD3Transformer2DModel`` trained by flow matching (``x_t = (1−t)x₀ + tε``,
      target ``ε − x₀``, timestep ``1000·t``, t uniform) on captions "a handwritten 3" etc. of which 30% name a
      digit re-drawn at random, and 10% are empty (so classifier-free guidance works). The number of
@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import torch.nn.functional as F
 
-from mmalign.gym.digits import (EVAL_TEMPLATES, TRAIN_TEMPLATES, DigitClassifier, Digits, DigitsReward,
+from mmalign.gym.digits import (EVAL_TEMPLATES, T5_LENGTH, TRAIN_TEMPLATES, DigitClassifier, Digits, DigitsReward,
                                 load_real_digits, parse_digit, vq_statistics)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,15 @@ def train_vae(pixels, args, t0):
 
 
 def text_encoders(max_length: int):
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    """Two tiny random CLIP encoders (and tokenizers trained on the captions), and a silent tiny T5.
+
+    The CLIPs' initialisation scale is 5× the default so that the pooled embeddings of different
+    digits are far apart (at the default scale they all have cosine ≈ 0.98). The T5's final RMSNorm
+    scale is 0: it outputs zeros for any input, exactly what the stock pipeline does with
+    ``text_encoder_3=None`` (which ``from_pretrained`` of a saved folder does not accept); so the T5
+    slots carry no text, and their number (``max_sequence_length``) only adds identical zero tokens.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
     from mmalign.utils.tiny_diffusers import CAPTIONS, train_tokenizer
 
@@ -137,9 +145,19 @@ def text_encoders(max_length: int):
         cfg = CLIPTextConfig(
             vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
             max_position_embeddings=max_length, projection_dim=16, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_factor=5.0,
         )
         out += [CLIPTextModelWithProjection(cfg).eval().requires_grad_(False), tok]
+    torch.manual_seed(5)
+    tok3 = train_tokenizer(T5Tokenizer, corpus=corpus, extra_ids=0, model_max_length=512)
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(tok3), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=32, feed_forward_proj="gated-gelu",
+        pad_token_id=tok3.pad_token_id, eos_token_id=tok3.eos_token_id, decoder_start_token_id=tok3.pad_token_id,
+    ))
+    with torch.no_grad():
+        t5.encoder.final_layer_norm.weight.zero_()
+    out += [t5.eval().requires_grad_(False), tok3]
     return out
 
 
@@ -174,14 +192,14 @@ def train_transformer(transformer, latents, labels, clip_embeds, pooled, args, t
         return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    tokens = args.batch_size * (16 + clip_embeds.shape[1] + 1)
+    tokens = args.batch_size * (16 + clip_embeds.shape[1] + T5_LENGTH)
     running = None
     for step in range(args.steps):
-        # Zero T5 tokens: 1 most of the time; now and then many (up to the stock default 256), with the
-        # batch shrunk to keep the cost per step about constant.
-        n_t5 = 1
+        # Zero T5 slots: T5_LENGTH (the world's sampling setting) most of the time, now and then 1 to 256
+        # (the stock default), with the batch shrunk to keep the cost per step about constant.
+        n_t5 = T5_LENGTH
         if torch.rand((), generator=g) < args.t5_mix:
-            n_t5 = int(2 ** torch.randint(3, 9, (), generator=g))
+            n_t5 = int(2 ** torch.randint(0, 9, (), generator=g))
         batch = max(8, tokens // (16 + clip_embeds.shape[1] + n_t5))
         idx = torch.randint(n, (batch,), generator=g)
         template = torch.randint(len(TEMPLATES), (batch,), generator=g)
@@ -239,11 +257,12 @@ def image_grid(samples: torch.Tensor, path: Path, nrow: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "assets" / "gym" / "digits"))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("MMALIGN_THREADS", 2)))
-    parser.add_argument("--classifier-steps", type=int, default=1500)
-    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: fastest on a shared 2-core machine, and the reference numbers)")
+    parser.add_argument("--classifier-steps", type=int, default=1000)
+    parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-kl", type=float, default=1e-3, help="KL weight per latent dimension")
-    parser.add_argument("--steps", type=int, default=3000, help="transformer training steps")
+    parser.add_argument("--steps", type=int, default=2000, help="transformer training steps")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.995)
@@ -281,18 +300,19 @@ def main() -> None:
     (tmp / "vq_stats.json").write_text(json.dumps(vq_statistics(gray), indent=1) + "\n")
 
     vae, latents = train_vae(pixels, args, t0)
-    te, tok, te2, tok2 = text_encoders(args.clip_length)
+    te, tok, te2, tok2, te3, tok3 = text_encoders(args.clip_length)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
     transformer = make_transformer(args)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=te, tokenizer=tok,
-        text_encoder_2=te2, tokenizer_2=tok2, text_encoder_3=None, tokenizer_3=None,
+        text_encoder_2=te2, tokenizer_2=tok2, text_encoder_3=te3, tokenizer_3=tok3,
     )
     prompts = [t.format(d=d) for t in TEMPLATES for d in range(10)] + [""]
     with torch.no_grad():
         embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False,
-                                                  max_sequence_length=1)
-    clip_embeds = embeds[:, :-1]  # drop the one zero T5 slot; training appends its own
+                                                  max_sequence_length=T5_LENGTH)
+    assert embeds[:, -T5_LENGTH:].abs().max() == 0, "the T5 slots should be silent"
+    clip_embeds = embeds[:, :-T5_LENGTH]  # training appends its own zero T5 slots
     cos = F.normalize(pooled[:-1], dim=-1) @ F.normalize(pooled[:-1], dim=-1).T
     log(f"text: {len(prompts)} prompts, CLIP context {tuple(clip_embeds.shape[1:])}, max pooled cosine between "
         f"distinct prompts {(cos - 2 * torch.eye(len(cos))).max():.3f}", t0)

@@ -2,7 +2,7 @@
 
 The base generator (``assets/gym/arith/base``, rebuilt by ``examples/build_gym_arith.py``) is a
 2-layer Llama pretrained on generated lines ``"Question: what is a plus b? Answer:<answer>"``
-for a, b in 0..12, whose answers are wrong 30% of the time (a near miss, a+b ± 1..3) and verbose
+for a, b in 0..12, whose answers are wrong 30% of the time (a miss, a+b ± 1..8) and verbose
 40% of the time (" the answer is 7", " 7, because 3 plus 4 makes 7", " well, I think it is 7"...),
 independently. Sampling it at temperature 1 reproduces both flaws, so there is something to align
 on each dimension of the ground truth:

@@ -96,13 +96,15 @@ class EmbeddingRewardModel:
             raise DataError(record.source, None, name, str(err) if str(path) in str(err) else f"{path}: {err}") from None
 
     def encode(self, record: PreferencePair) -> dict:
-        return {"prompt": record.prompt, "chosen": self._load(record, "chosen"), "rejected": self._load(record, "rejected"),
-                "labels": label_vector(record, self.dims)}
+        """The backbone is frozen, so each item is embedded once here, not at every step."""
+        media = torch.stack([self._load(record, "chosen"), self._load(record, "rejected")])
+        feats = self.features(media, [record.prompt] * 2, self.sample_rate)
+        return {"feats": feats.cpu(), "labels": label_vector(record, self.dims)}
 
     def collate(self, encoded: list[dict]) -> dict:
-        media = torch.cat([torch.stack([e["chosen"] for e in encoded]), torch.stack([e["rejected"] for e in encoded])])
-        return {"media": media, "prompts": [e["prompt"] for e in encoded] * 2,
-                "labels": torch.tensor([e["labels"] for e in encoded], dtype=torch.long), "reward_dims": self.dims}
+        feats = torch.cat([torch.stack([e["feats"][0] for e in encoded]), torch.stack([e["feats"][1] for e in encoded])])
+        return {"feats": feats, "labels": torch.tensor([e["labels"] for e in encoded], dtype=torch.long),
+                "reward_dims": self.dims}
 
     def prepare(self, batch: dict, generator=None) -> dict:
         return {}
@@ -117,9 +119,8 @@ class EmbeddingRewardModel:
         return torch.cat([e, t, e * t], dim=1)
 
     def score(self, batch: dict, aux: dict | None = None) -> torch.Tensor:
-        feats = self.features(batch["media"], batch["prompts"], self.sample_rate)
-        device = next(self.model.parameters()).device
-        return self.module(feats.to(device)).float()
+        """``[2B, D]`` rewards of ``[chosen; rejected]`` items from their precomputed features."""
+        return self.module(batch["feats"]).float()
 
     @torch.no_grad()
     def reward(self, prompts: list[str], samples, *, sample_rate: int | None = None) -> torch.Tensor:
