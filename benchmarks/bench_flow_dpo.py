@@ -17,13 +17,18 @@ text encoders are large relative to the transformer, as in real SD3, saves it wi
   disabled, the DPO loss inline, ``accelerator.backward``, grad clipping, AdamW.
 
 Same for all: fp32, batch ``--batch-size`` pairs, LoRA r=alpha=``--rank`` on to_q/to_k/to_v/to_out.0
-(zero-initialised B, so every variant's first loss is ln 2), beta ``--beta``, AdamW lr ``--lr``,
-constant schedule, grad-norm clip 1.0, uniform t with the scheduler's shift, T5 length 256
-(the pipeline's default). Each run is a subprocess with ``--threads`` torch/OpenMP threads;
-``--rounds`` rounds alternate the order. Reported: median step time over the steps after
-``--warmup`` (mmalign: the recipe's ``step_time`` in metrics.jsonl; diffusers: a timer around the
-whole step, data loading included), RSS after setup and after training, peak RSS (ru_maxrss),
-CUDA peak allocation when a GPU is present, and the share of CPU other processes used meanwhile.
+(B initialised to zero, so every variant's first loss is ln 2), beta ``--beta``, AdamW lr ``--lr``,
+constant schedule, grad-norm clip 1.0, uniform t with the scheduler's shift, T5 length 256 (the
+pipeline's default). Each run is a subprocess with ``--threads`` torch/OpenMP threads; ``--rounds``
+rounds alternate the order. Reported, pooled over rounds:
+
+- step time: median over the steps after ``--warmup``. mmalign: the recipe's ``step_time`` from
+  metrics.jsonl; diffusers: a timer around the whole step (PNG loading included). Also the part
+  spent in the VAE and text encoders, and this process's CPU time per step.
+- contention: per step, the share of the machine's CPU used by *other* processes (/proc/stat);
+  "uncontended" steps are those where the others left this run's threads their cores.
+- memory: RSS after setup (weights are memory-mapped, so this undercounts them), RSS after
+  training, peak RSS (ru_maxrss), and ``torch.cuda.max_memory_allocated`` on a GPU (medians).
 
     python benchmarks/bench_flow_dpo.py                       # defaults: a few minutes on 2 cores
     python benchmarks/bench_flow_dpo.py --resolution 64 --t5-layers 4 --steps 6
@@ -168,19 +173,20 @@ def child_mmalign(a, cfg: Path) -> dict:
         last[0] = now
         log(values, split)
 
-    recipe._log = log_with_load
+    enc_times, encode_batch = [], recipe.adapter.encode_batch
+
+    def timed_encode_batch(batch):  # VAE + text encoders (not called when the cache is used)
+        t0 = time.perf_counter()
+        out = encode_batch(batch)
+        enc_times.append(time.perf_counter() - t0)
+        return out
+
+    recipe._log, recipe.adapter.encode_batch = log_with_load, timed_encode_batch
     recipe.train()
     rows = [r for r in read_metrics(recipe.out / "metrics.jsonl") if r["split"] == "train"]
     return {"rss_setup": setup, **peaks(), "step_times": [r["step_time"] for r in rows],
-            "losses": [r["loss"] for r in rows], "others": loads, "cpu_times": cpu, "pipeline_loaded": recipe.adapter.pipe is not None}
-
-
-def child_cache(a, cfg: Path) -> dict:
-    from mmalign.cli import main
-
-    t0 = time.perf_counter()
-    assert main(["cache", str(cfg)]) == 0
-    return {"cache_build_s": time.perf_counter() - t0, **peaks()}
+            "losses": [r["loss"] for r in rows], "others": loads, "cpu_times": cpu, "encode_times": enc_times,
+            "pipeline_loaded": recipe.adapter.pipe is not None}
 
 
 def child_diffusers(a, pipe_dir: Path, data: Path) -> dict:
@@ -215,7 +221,7 @@ def child_diffusers(a, pipe_dir: Path, data: Path) -> dict:
 
     def load(path):  # Resize/CenterCrop/ToTensor/Normalize([0.5], [0.5])
         img = Image.open(data.parent / path).convert("RGB").resize((a.resolution, a.resolution), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
 
     setup, times, encode_times, losses, loads, cpu = rss_mb(), [], [], [], [], []
     transformer.train()
@@ -282,8 +288,12 @@ def child_main(a) -> None:
     work, out = Path(a.work), Path(a.out)
     if a.child == "diffusers":
         res = child_diffusers(a, work / "pipeline", work / "data" / "pairs.jsonl")
-    elif a.child == "cache":
-        res = child_cache(a, out.with_suffix(".yaml"))
+    elif a.child == "cache":  # `mmalign cache CONFIG`, timed in-process (model loading included)
+        from mmalign.cli import main as mmalign_main
+
+        t0 = time.perf_counter()
+        assert mmalign_main(["cache", str(out.with_suffix(".yaml"))]) == 0
+        res = {"cache_build_s": time.perf_counter() - t0, **peaks()}
     else:
         res = child_mmalign(a, out.with_suffix(".yaml"))
     out.with_suffix(".json").write_text(json.dumps(res))
@@ -294,7 +304,7 @@ def main() -> None:
     for name, default in (("resolution", 128), ("vae_channels", "32,64,128,128"), ("layers", 4), ("heads", 4),
                           ("clip_dim", 256), ("clip_layers", 4), ("t5_dim", 512), ("t5_layers", 8), ("rank", 16),
                           ("batch_size", 2), ("pairs", 32), ("steps", 8), ("warmup", 2), ("rounds", 3),
-                          ("threads", 1), ("quiet", 0.25), ("beta", 100.0), ("lr", 1e-4)):
+                          ("threads", 1), ("beta", 100.0), ("lr", 1e-4)):
         p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     p.add_argument("--child", choices=(*VARIANTS, "cache"), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -309,28 +319,31 @@ def main() -> None:
         data = write_pairs(work / "data", a.pairs, a.resolution)
         print("parameters (M):", sizes, flush=True)
         cache_dir = work / "cache"
-        for v in VARIANTS[:2]:
-            for r in range(a.rounds):
-                write_config(a, work / "pipeline", data, work / f"{v}_{r}", cache_dir if v == "mmalign_cache" else None)
-        write_config(a, work / "pipeline", data, work / "cache_0", cache_dir)
+        for name, cache in [(f"mmalign_{r}", None) for r in range(a.rounds)] + [("cache_0", cache_dir)] + [
+                (f"mmalign_cache_{r}", cache_dir) for r in range(a.rounds)]:
+            write_config(a, work / "pipeline", data, work / name, cache)
         cache = run_child(a, "cache", work, 0)
         print(f"cache build: {cache['cache_build_s']:.2f} s for {a.pairs} pairs", flush=True)
         results = {v: [] for v in VARIANTS}
         for r in range(a.rounds):
             for v in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
                 results[v].append(run_child(a, v, work, r))
-                print(f"round {r} {v}: steps {[round(t, 2) for t in results[v][-1]['step_times']]} "
-                      f"others' CPU {[f'{x:.0%}' for x in results[v][-1]['others']]}", flush=True)
+                last = results[v][-1]
+                print(f"round {r} {v}: steps {[round(t, 2) for t in last['step_times']]}, "
+                      f"others' CPU share {statistics.median(last['others']):.0%}", flush=True)
     report(a, results, cache)
 
 
 def report(a, results: dict, cache: dict) -> None:
-    med = statistics.median
+    med = lambda xs: statistics.median(xs) if xs else float("nan")
     steps = lambda rs, key="step_times": [t for r in rs for t in r[key][a.warmup:]]
-    quiet = lambda rs: [t for t, o in zip(steps(rs), steps(rs, "others")) if o < a.quiet] or [float("nan")]
+    # "uncontended": other processes left this run's threads their cores (1 thread of 2 cores: others <= 60%)
+    limit = max(0.0, 1 - a.threads / os.cpu_count()) + 0.1
+    quiet = lambda rs: [t for t, o in zip(steps(rs), steps(rs, "others")) if o <= limit]
     rows = {"median step time (s)": (lambda rs: med(steps(rs)), "{:.3f}"),
-            f"median of quiet steps (others < {a.quiet:.0%}) (s)": (lambda rs: med(quiet(rs)), "{:.3f}"),
-            "quiet steps / all": (lambda rs: sum(o < a.quiet for o in steps(rs, "others")) / len(steps(rs)), "{:.2f}"),
+            "  of which VAE + text encoding (s)": (lambda rs: med(steps(rs, "encode_times")), "{:.3f}"),
+            f"median of uncontended steps (others <= {limit:.0%}) (s)": (lambda rs: med(quiet(rs)), "{:.3f}"),
+            "uncontended steps / all": (lambda rs: len(quiet(rs)) / len(steps(rs)), "{:.2f}"),
             "others' CPU share, median step": (lambda rs: med(steps(rs, "others")), "{:.2f}"),
             "fastest step (s)": (lambda rs: min(steps(rs)), "{:.3f}"),
             "median CPU time of this process per step (s)": (lambda rs: med(steps(rs, "cpu_times")), "{:.3f}"),
@@ -348,10 +361,7 @@ def report(a, results: dict, cache: dict) -> None:
         print(f"| {name} | " + " | ".join(fmt.format(v[x]) for x in VARIANTS) + " | "
               + " | ".join(f"{q:.3f}" for q in ratios) + " |")
     saved = med(steps(results["mmalign"])) - med(steps(results["mmalign_cache"]))
-    enc = med(steps(results["diffusers"], "encode_times"))
-    print(f"\ndiffusers loop: VAE + text encoding takes {enc:.3f} s of its median step "
-          f"({enc / med(steps(results['diffusers'])):.0%})")
-    print(f"cache build (`mmalign cache` in-process, model loading included): {cache['cache_build_s']:.2f} s for "
+    print(f"\ncache build (`mmalign cache` in-process, model loading included): {cache['cache_build_s']:.2f} s for "
           f"{a.pairs} pairs, peak RSS {cache['peak_rss']:.0f} MiB; it pays for itself after "
           f"{cache['cache_build_s'] / saved:.1f} steps" if saved > 0 else "the cache saved no step time")
     for v in VARIANTS:

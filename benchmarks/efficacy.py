@@ -59,7 +59,7 @@ def run_one(world: str, optimizer: str, seed: int, out_root: Path, steps: int | 
     cfg["seed"] = seed
     cfg["output_dir"] = str(out_root / world / optimizer / f"seed{seed}")
     # every run trains on the same pairs: generate them once per world
-    cfg["data"] = {**cfg["data"], "out_dir": str(out_root / world / "data"), "seed": 0}
+    cfg["data"] = {**cfg["data"], "out_dir": str(out_root / world / "data"), "data_seed": 0}
     cfg["train"] = {**cfg.get("train", {}), "progress": False}
     if steps:
         cfg["train"]["max_steps"] = steps

@@ -44,7 +44,8 @@ TRAIN_TEMPLATES = (
 )
 EVAL_TEMPLATES = ("a hand-drawn {d}", "a picture of the number {d}", "handwriting: the digit {d}", "a sketch of a {d}")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_DIGIT = re.compile(r"(?<![\w.])(\d)(?![\w.])|\b(" + "|".join(NUMBER_WORDS) + r")\b", re.IGNORECASE)
+# a standalone numeral (not part of "12" or "3.5"), or a number word
+_DIGIT = re.compile(r"(?<!\w)(?<!\d\.)(\d)(?!\w)(?!\.\d)|\b(" + "|".join(NUMBER_WORDS) + r")\b", re.IGNORECASE)
 
 
 def parse_digit(prompt: str) -> int:

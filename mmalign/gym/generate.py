@@ -145,6 +145,7 @@ def generated_pairs(
     eval_fraction: float = 0.1,
     out_dir: str | None = None,
     batch_size: int = 64,
+    data_seed: int | None = None,
     seed: int = 0,
     run=None,
 ):
@@ -161,6 +162,8 @@ def generated_pairs(
         eval_fraction: share of pairs held out for evaluation.
         out_dir: where pairs and media go (default OUTPUT_DIR/generated); reused when the settings match.
         batch_size: samples per sampling call.
+        data_seed: seed of the sampling, labelling and split (default: the run's seed); fix it to
+            train several seeds on the same data.
         seed, run: from the run.
     """
     from mmalign.data.pairs import preference_pairs
@@ -168,6 +171,7 @@ def generated_pairs(
     if run is None:
         raise ValueError("generated_pairs is built by a recipe (it samples the run's model)")
     annotator = Annotator(temperature=temperature, tie_threshold=tie_threshold, dim_weights=dim_weights)
+    seed = seed if data_seed is None else data_seed
     path = generated_data(world, run, num_prompts=num_prompts, candidates=candidates, pairs_per_prompt=pairs_per_prompt,
                           annotator=annotator, seed=seed, out_dir=out_dir, batch_size=batch_size,
                           prompts_file=prompts_file, progress=getattr(run.train, "progress", True))

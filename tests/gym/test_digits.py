@@ -101,6 +101,7 @@ def test_reward_is_differentiable_in_the_samples(reward, real):
 @pytest.mark.parametrize("prompt, digit", [
     ("a handwritten 3", 3), ("the number 7, written by hand", 7), ("digit 0", 0), ("a sketch of a 9", 9),
     ("handwriting: the digit 5", 5), ("A handwritten Seven", 7), ("a 4, not a 2", 2),
+    ("a handwritten 3.", 3),
 ])
 def test_parse_digit(prompt, digit):
     assert parse_digit(prompt) == digit
