@@ -54,12 +54,12 @@ def mean_vendi(features: torch.Tensor, groups: list[int]) -> float:
 
 
 def compare(world, base_samples, tuned_samples, prompts: list[str], groups: list[int], *,
-            tolerance: float, dim_weights: dict[str, float] | None = None) -> dict:
+            tolerance: float, dim_weights: dict[str, float] | None = None, sample_rate: int | None = None) -> dict:
     """All the figures of one base-vs-tuned comparison on the same prompts and seeds."""
     reward = world.reward()
     with torch.no_grad():
-        r_base = reward(base_samples, prompts).float().cpu()
-        r_tuned = reward(tuned_samples, prompts).float().cpu()
+        r_base = reward(base_samples, prompts, sample_rate=sample_rate).float().cpu()
+        r_tuned = reward(tuned_samples, prompts, sample_rate=sample_rate).float().cpu()
     dims = reward.dims
     total_base, total_tuned = weighted_sum(r_base, dims, dim_weights), weighted_sum(r_tuned, dims, dim_weights)
     result = {
@@ -84,7 +84,7 @@ def evaluate_world(world, sampler_base, sampler_tuned, *, num_prompts: int, samp
     seeds = [seed * 100_003 + i for i in range(len(flat))]
     base, tuned = sample_all(sampler_base, flat, seeds, batch_size), sample_all(sampler_tuned, flat, seeds, batch_size)
     result = compare(world, base, tuned, flat, [samples_per_prompt] * len(prompts), tolerance=tolerance,
-                     dim_weights=dim_weights)
+                     dim_weights=dim_weights, sample_rate=getattr(sampler_base, "sample_rate", None))
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

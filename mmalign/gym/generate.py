@@ -24,9 +24,14 @@ from mmalign.registry import register
 VERDICT = {1: "chosen", -1: "rejected", 0: "tie"}
 
 
-def write_sample(sample, modality: str, path_stem: Path) -> str:
+def write_sample(sample, modality: str, path_stem: Path, sample_rate: int | None = None) -> str:
     """Write one sample losslessly enough to train on; returns the file (or folder) name."""
     from mmalign.data import media
+
+    if modality == "audio":
+        if sample_rate is None:
+            raise ValueError("write_sample: audio needs the sample rate")
+        return media.save_audio(sample, path_stem.with_suffix(".wav"), sample_rate, subtype="FLOAT").name
 
     if modality == "image":
         return media.save_image_grid(sample[None], path_stem.with_suffix(".png"), nrow=1, padding=0).name
@@ -68,7 +73,7 @@ def generate_pairs(sampler, reward, prompts: list[str], out_dir: str | Path, *, 
             if modality == "text":
                 names.append(s)
             else:
-                names.append(write_sample(s, modality, media_dir / f"{start * candidates + i:06d}"))
+                names.append(write_sample(s, modality, media_dir / f"{start * candidates + i:06d}", sample_rate))
         for j, prompt in enumerate(chunk):
             idx = list(range(j * candidates, (j + 1) * candidates))
             pairs = list(itertools.combinations(idx, 2))
@@ -127,7 +132,7 @@ def generated_data(world_name: str | None, run, *, num_prompts: int, candidates:
     sampler = make_sampler(run.adapter, None, world.sample_kwargs if world else {})
     path = generate_pairs(sampler, reward, prompts, out, modality=modality, candidates=candidates,
                           pairs_per_prompt=pairs_per_prompt, annotator=annotator, seed=seed, batch_size=batch_size,
-                          progress=progress)
+                          sample_rate=getattr(sampler, "sample_rate", None), progress=progress)
     marker.write_text(tag)
     return path
 

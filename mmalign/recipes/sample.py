@@ -174,6 +174,7 @@ def make_sampler(adapter_cfg: dict, weights: Path | None, sample_kwargs: dict, *
         audio = torch.as_tensor(out.audios).float().cpu()
         return audio if audio.dim() == 3 else audio[:, None]
 
+    sample.sample_rate = getattr(family, "sample_rate", None)  # audio: the rate of what it returns
     return sample
 
 
