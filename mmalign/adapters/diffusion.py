@@ -166,19 +166,24 @@ class DiffusionAdapter:
         return self.pipe
 
     def load_media(self, record: PreferencePair, name: str) -> torch.Tensor:
-        from mmalign.data.media import resolve_media_path
-
-        path = resolve_media_path(getattr(record, name), record.data_file or ".")
-        if not path.exists():
-            raise DataError(record.source, None, name, f"{path}: file not found")
+        path = self.media_path(record, name)
         try:
             return self.family.load_media(str(path), self)
         except Exception as err:  # unreadable or wrongly shaped file: say which record and field
             message = str(err) if str(path) in str(err) else f"{path}: {err}"
             raise DataError(record.source, None, name, message) from None
 
+    def media_path(self, record: PreferencePair, name: str) -> Path:
+        from mmalign.data.media import resolve_media_path
+
+        path = resolve_media_path(getattr(record, name), record.data_file or ".")
+        if not path.exists():
+            raise DataError(record.source, None, name, f"{path}: file not found")
+        return path
+
     def encode(self, record: PreferencePair) -> dict:
-        """Pixels/waveforms of a pair (or its cached latents) and its prompt; media errors name the record."""
+        """Validate a pair's media (decoded once here, so a bad file fails before training) and keep
+        only their paths: pixels are decoded again per batch, never held for the whole dataset."""
         if not isinstance(record.prompt, str) or not isinstance(record.chosen, str):
             raise DataError(record.source, None, "chosen", "media pairs need a text prompt and file paths")
         rewards = {"reward_chosen": record.reward_chosen, "reward_rejected": record.reward_rejected}
@@ -187,8 +192,12 @@ class DiffusionAdapter:
             if key not in self.cache:
                 raise DataError(record.source, None, None, f"not in the encoding cache {self.cache.root}; run `mmalign cache`")
             return {"key": key, **rewards}
-        return {"prompt": record.prompt, "chosen": self.load_media(record, "chosen"),
-                "rejected": self.load_media(record, "rejected"), **rewards}
+        for name in ("chosen", "rejected"):
+            self.load_media(record, name)
+        paths = [self.media_path(record, n) for n in ("chosen", "rejected")]
+        # (size, mtime) make fingerprints of encoded data change when a file is replaced in place
+        stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+        return {"prompt": record.prompt, "record": record, "stat": stats, **rewards}
 
     def collate(self, encoded: list[dict]) -> dict:
         if self.cache is not None:
@@ -196,7 +205,8 @@ class DiffusionAdapter:
             latents = torch.cat([torch.stack([it["chosen"] for it in items]), torch.stack([it["rejected"] for it in items])])
             cond = {k: torch.stack([it[f"cond.{k}"] for it in items]) for k in _cond_keys(items[0])}
             return {"latents": latents, "cond": cond, **stack_rewards(encoded)}
-        media = torch.cat([torch.stack([e["chosen"] for e in encoded]), torch.stack([e["rejected"] for e in encoded])])
+        media = torch.cat([torch.stack([self.load_media(e["record"], name) for e in encoded])
+                           for name in ("chosen", "rejected")])
         return {"media": media, "prompts": [e["prompt"] for e in encoded], **stack_rewards(encoded)}
 
     @torch.no_grad()

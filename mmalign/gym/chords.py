@@ -127,14 +127,14 @@ def synth_clip(notes, timbre: str, *, sample_rate: int = SAMPLE_RATE, num_sample
                ) -> torch.Tensor:
     """``[1, T]`` a clean clip of the MIDI ``notes`` (equal amplitudes) in ``timbre``, peak-normalised
     to ``peak``: linear ``attack`` (s), exponential decay with time constant ``decay`` (s), 20 ms fade-out.
-    Partials start at random phases (``generator``)."""
+    Every partial starts at phase 0 (the world's corpus), or at a random phase drawn from ``generator``."""
     t = torch.arange(num_samples, dtype=torch.float64) / sample_rate
     wave = torch.zeros(num_samples, dtype=torch.float64)
     for m in notes:
         f = midi_hz(m)
         harmonics = [1] if timbre == "soft" else [n for n in range(1, 64, 2) if n * f < HARMONIC_LIMIT]
         for n in harmonics:
-            phase = 2 * math.pi * float(torch.rand((), generator=generator))
+            phase = 0.0 if generator is None else 2 * math.pi * float(torch.rand((), generator=generator))
             wave += torch.sin(2 * math.pi * n * f * t + phase) / n
     env = torch.clamp(t / max(attack, 1e-4), max=1.0) * torch.exp(-t / decay)
     fade = torch.clamp((t[-1] - t) / 0.02, max=1.0)

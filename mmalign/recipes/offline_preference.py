@@ -169,9 +169,18 @@ class OfflinePreference:
 
     # ------------------------------------------------------------------ reference cache
     def _fingerprint(self) -> str:
-        h = hashlib.sha256(json.dumps(self.cfg.adapter, sort_keys=True, default=str).encode())
+        """Hash of the adapter config and every encoded record (tensors by content, not by repr)."""
+
+        def plain(value):
+            if isinstance(value, torch.Tensor):
+                return hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+            if dataclasses.is_dataclass(value):
+                return dataclasses.asdict(value)
+            return str(value)
+
+        h = hashlib.sha256(json.dumps(self.cfg.adapter, sort_keys=True, default=plain).encode())
         for enc in self.train_encoded + self.eval_encoded:
-            h.update(json.dumps(enc, sort_keys=True, default=str).encode())
+            h.update(json.dumps(enc, sort_keys=True, default=plain).encode())
         return h.hexdigest()
 
     @torch.no_grad()

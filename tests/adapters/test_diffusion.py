@@ -340,3 +340,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(pipelines, tmp_path):
     assert adapter.model.is_gradient_checkpointing
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6)
+
+
+def test_encode_keeps_paths_not_pixels_and_sees_files_change(pipelines, tmp_path):
+    import os
+
+    data = write_media("sd3", tmp_path)
+    adapter = DiffusionAdapter(str(pipelines("sd3")), resolution=16, reference_copy=False)
+    pair = load_pairs(data)[0]
+    enc = adapter.encode(pair)
+    assert not any(isinstance(v, torch.Tensor) for v in enc.values())  # nothing decoded is held
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(tmp_path / pair.chosen)
+    os.utime(tmp_path / pair.chosen, ns=(1, 1))
+    assert adapter.encode(pair)["stat"] != enc["stat"]  # the reference-score cache fingerprint moves
+    batch = adapter.collate([adapter.encode(pair)])
+    assert batch["media"].shape == (2, 3, 16, 16)
+    assert torch.allclose(batch["media"][0], torch.full((3, 16, 16), 9 / 127.5 - 1), atol=1e-2)
