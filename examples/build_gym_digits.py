@@ -13,7 +13,7 @@
    - transformer: a 4-layer ``SD3Transformer2DModel`` (width 64) trained by flow matching (``x_t = (1−t)x₀ + tε``,
      target ``ε − x₀``, timestep ``1000·t``, t uniform, EMA weights) on captions "a handwritten 3" etc.
      (all 12 templates) of which 25% name a digit re-drawn at random (noisy captions: the base draws the
-     prompted digit only ~60% of the time), and 10% are empty (so classifier-free guidance works). The number of
+     prompted digit only ~65% of the time), and 10% are empty (so classifier-free guidance works). The number of
      zero T5 tokens is varied during training so that the model is indifferent to ``max_sequence_length``
      (the stock default 256, or a short one for speed).
 4. ``build.json``: what the build measured (judge accuracy, TA/VQ of the base and of real digits), and
