@@ -20,6 +20,23 @@ class LoraSettings:
     target_modules: list[str] | str = "all-linear"
 
 
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters the optimizer trains (LoRA weights, heads, or everything), detached."""
+    return {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a checkpoint's trainable parameters into ``model``; a mismatch names the keys."""
+    own = dict(model.named_parameters())
+    missing = [k for k, p in own.items() if p.requires_grad and k not in state]
+    unknown = [k for k in state if k not in own]
+    if missing or unknown:
+        raise ValueError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unknown[:3]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+
+
 class ModalityAdapter(Protocol):
     """Turns a batch into one score per item; the objectives never see the model."""
 

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from mmalign.adapters.base import LoraSettings
+from mmalign.adapters.base import LoraSettings, load_trainable_state_dict, trainable_state_dict
 from mmalign.data.pairs import DataError, PreferencePair, stack_rewards
 from mmalign.registry import register
 
@@ -241,17 +241,10 @@ class CausalLMAdapter:
 
     # ------------------------------------------------------------------ state
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach() for k, p in self.model.named_parameters() if p.requires_grad}
+        return trainable_state_dict(self.model)
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = dict(self.model.named_parameters())
-        missing = [k for k, p in own.items() if p.requires_grad and k not in state]
-        unknown = [k for k in state if k not in own]
-        if missing or unknown:
-            raise ValueError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unknown[:3]}")
-        with torch.no_grad():
-            for k, v in state.items():
-                own[k].copy_(v)
+        load_trainable_state_dict(self.model, state)
 
     def save_pretrained(self, path: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """A PEFT adapter (LoRA) or full weights, plus the tokenizer, in safetensors.

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmalign.adapters.base import LoraSettings
+from mmalign.adapters.base import LoraSettings, load_trainable_state_dict, trainable_state_dict
 from mmalign.adapters.causal_lm import DTYPES
 from mmalign.data.pairs import DataError, PreferencePair
 from mmalign.registry import register
@@ -275,16 +275,10 @@ class VLMRewardModel:
                 p.data = p.data.to(dtype)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach() for k, p in self.model.named_parameters() if p.requires_grad}
+        return trainable_state_dict(self.model)
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = dict(self.model.named_parameters())
-        missing = [k for k, p in own.items() if p.requires_grad and k not in state]
-        if missing or set(state) - set(own):
-            raise ValueError(f"checkpoint does not match the model: missing {missing[:3]}")
-        with torch.no_grad():
-            for k, v in state.items():
-                own[k].copy_(v)
+        load_trainable_state_dict(self.model, state)
 
     def save_pretrained(self, path: str, state_dict=None) -> None:
         """``backbone/`` (PEFT adapter, or full weights) with the processor, the heads and ``reward_model.json``.
