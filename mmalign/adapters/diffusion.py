@@ -75,6 +75,7 @@ class DiffusionAdapter:
         resolution: int | list[int] | None = None,
         num_frames: int | None = None,
         seconds: float | None = None,
+        max_sequence_length: int | None = None,
         timestep_sampling: Literal["uniform", "logit_normal", "mode"] = "uniform",
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
@@ -97,6 +98,8 @@ class DiffusionAdapter:
             resolution: media size (int = square, or [height, width]); default: the data's own.
             num_frames: frames per video clip.
             seconds: audio clip length.
+            max_sequence_length: text tokens of the T5-style encoder (SD3, Flux, Wan, LTX, HunyuanVideo);
+                default: the pipeline's. Train with the length you sample with.
             timestep_sampling: density of t for flow models: uniform, logit_normal, mode (SD3).
             logit_mean, logit_std, mode_scale: parameters of those densities.
             timestep_shift: flow timestep shift; default: the scheduler's ``shift`` (1 if dynamic).
@@ -119,6 +122,10 @@ class DiffusionAdapter:
                                                 dtype=self.dtype)
         self.scheduler_config = dict(self.family.load_scheduler(pretrained).config)
         self.family.seconds = seconds
+        if max_sequence_length is not None:
+            if self.family.name not in ("sd3", "flux", "wan", "ltx", "hunyuan_video"):
+                raise ValueError(f"adapter.max_sequence_length: the {self.family.name} family's text encoder takes none")
+            self.family.max_sequence_length = max_sequence_length
         self.family.configure(pretrained, self.scheduler_config)
         self.pipe = None  # VAE, text encoders: loaded on first use, never with a cache
         if gradient_checkpointing:

@@ -37,6 +37,11 @@ class Family:
     modality = "image"
     prediction = "flow"  # flow | epsilon | v_prediction | cosine_v
     seconds: float | None = None  # audio clip length (set by the adapter)
+    max_sequence_length: int | None = None  # text tokens of the T5-style encoder (set by the adapter)
+
+    def text_kwargs(self) -> dict:
+        """``max_sequence_length`` for ``pipe.encode_prompt`` when set (else the pipeline's default)."""
+        return {} if self.max_sequence_length is None else {"max_sequence_length": self.max_sequence_length}
 
     def configure(self, pretrained: str, scheduler_config: dict) -> None:
         """Read what the family needs from configs (never loads weights)."""
@@ -133,7 +138,8 @@ class SD3(Family):
         return _vae_normalize(pipe.vae, pipe.vae.encode(media).latent_dist.mode())
 
     def encode_prompts(self, pipe, prompts, device):
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False)
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False,
+                                                 **self.text_kwargs())
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
     def forward(self, module, x_t, t, cond):
@@ -148,7 +154,7 @@ class Flux(Family):
         return _vae_normalize(pipe.vae, pipe.vae.encode(media).latent_dist.mode())
 
     def encode_prompts(self, pipe, prompts, device):
-        embeds, pooled, _ = pipe.encode_prompt(prompts, None, device=device)
+        embeds, pooled, _ = pipe.encode_prompt(prompts, None, device=device, **self.text_kwargs())
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
     def forward(self, module, x_t, t, cond):
@@ -196,7 +202,7 @@ class Wan(Family):
         return (z - mean) / std
 
     def encode_prompts(self, pipe, prompts, device):
-        embeds, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device)
+        embeds, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device, **self.text_kwargs())
         return {"encoder_hidden_states": embeds}
 
     def forward(self, module, x_t, t, cond):
@@ -223,7 +229,8 @@ class LTX(Family):
         return LTXPipeline._normalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
 
     def encode_prompts(self, pipe, prompts, device):
-        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device)
+        embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
+                                                 **self.text_kwargs())
         return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
 
     def forward(self, module, x_t, t, cond):
@@ -246,7 +253,7 @@ class HunyuanVideo(Family):
         return pipe.vae.encode(media).latent_dist.mode() * pipe.vae.config.scaling_factor
 
     def encode_prompts(self, pipe, prompts, device):
-        embeds, pooled, mask = pipe.encode_prompt(prompts, device=device)
+        embeds, pooled, mask = pipe.encode_prompt(prompts, device=device, **self.text_kwargs())
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled, "encoder_attention_mask": mask}
 
     def forward(self, module, x_t, t, cond):

@@ -265,6 +265,20 @@ def test_flow_score_and_flow_dpo_loss_equal_a_hand_computation(pipelines):
     assert loss.item() == pytest.approx(-torch.nn.functional.logsigmoid(50.0 * margin).item(), rel=1e-5)
 
 
+def test_max_sequence_length_sets_the_t5_tokens_of_the_prompt_encoding(pipelines):
+    """Train with the text length you sample with: the option reaches ``pipe.encode_prompt``."""
+    default = DiffusionAdapter(str(pipelines("sd3")), resolution=16, reference_copy=False)
+    short = DiffusionAdapter(str(pipelines("sd3")), resolution=16, reference_copy=False, max_sequence_length=8)
+    pipe = default.pipeline()
+    media = torch.zeros(1, 3, 16, 16)
+    n_default = default.encode_batch({"media": media, "prompts": ["a cat"]})["cond"]["encoder_hidden_states"].shape[1]
+    n_short = short.encode_batch({"media": media, "prompts": ["a cat"]})["cond"]["encoder_hidden_states"].shape[1]
+    clip_tokens = pipe.tokenizer.model_max_length
+    assert (n_default, n_short) == (clip_tokens + 256, clip_tokens + 8)
+    with pytest.raises(ValueError, match="max_sequence_length"):
+        DiffusionAdapter(str(pipelines("stable_audio")), seconds=0.5, max_sequence_length=8)
+
+
 def test_bad_media_fails_with_record_line_and_path(pipelines, tmp_path):
     data = write_media("sd3", tmp_path)
     rows = data.read_text().splitlines()
