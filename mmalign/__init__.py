@@ -6,7 +6,7 @@ recipes) through the explicit imports below.
 
 __version__ = "0.1.0"
 
-from mmalign import adapters, data, gym, objectives, optim, recipes, rewards  # noqa: F401  (registration)
+from mmalign import adapters, data, guidance, gym, objectives, optim, recipes, rewards  # noqa: F401  (registration)
 from mmalign.config import ConfigError, load_config
 from mmalign.data import DataError, load_pairs
 from mmalign.objectives import dpo_loss, preference_metrics

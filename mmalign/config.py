@@ -35,7 +35,7 @@ from mmalign import registry
 from mmalign.registry import ConfigError, nearest
 
 COMPONENT_SECTIONS = ("adapter", "objective", "reward", "data", "optim")
-TOP_LEVEL = ("recipe", "seed", "output_dir", *COMPONENT_SECTIONS, "train", "accelerate", "sample", "eval")
+TOP_LEVEL = ("recipe", "seed", "output_dir", *COMPONENT_SECTIONS, "train", "accelerate", "sample", "eval", "guidance")
 
 
 @dataclass
@@ -92,6 +92,36 @@ class EvalConfig:
 
 
 @dataclass
+class GuidanceConfig:
+    """The ``guidance:`` section: reward guidance and best-of-N at sampling time (``mmalign sample``,
+    gym evaluation). Weights, scale and window are read when sampling starts: no retraining to change
+    them. Off unless ``reward_model`` or ``decoded_reward`` is set."""
+
+    reward_model: str | None = field(
+        default=None, metadata={"help": "A trained latent reward model (OUTPUT_DIR/final of recipe latent_reward_model)."})
+    decoded_reward: dict | None = field(
+        default=None, metadata={"help": "Instead: a differentiable reward section on the decoded x0 "
+                                        "(e.g. {name: gym_digits}); its gradient goes back through the VAE."})
+    weights: dict[str, float] | None = field(
+        default=None, metadata={"help": "Per-dimension weights w_d of r = sum_d w_d r_d; null = 1 for every dim."})
+    scale: float = field(default=1.0, metadata={"help": "lambda in v~ = v - lambda t/(1-t) grad r; 0 = unguided."})
+    t_min: float = field(default=0.0, metadata={"help": "Guide only steps with t_min <= sigma <= t_max."})
+    t_max: float = 1.0
+    max_coef: float | None = field(default=10.0, metadata={"help": "Clamp of t/(1-t) (diverges at t=1); null = none."})
+    best_of_n: int = field(default=1, metadata={"help": "Draw N candidates per sample, keep the best under the same "
+                                                       "reward (latent RM at t=0, or the decoded reward)."})
+
+    @property
+    def enabled(self) -> bool:
+        return self.reward_model is not None or self.decoded_reward is not None
+
+    @property
+    def guides(self) -> bool:
+        """Whether any velocity is changed (scale and some weight non-zero)."""
+        return self.enabled and self.scale != 0 and (self.weights is None or any(w != 0 for w in self.weights.values()))
+
+
+@dataclass
 class RunConfig:
     """A validated run: component sections stay dicts (built through the registry); ``train``
     and ``accelerate`` are dataclass instances."""
@@ -108,6 +138,7 @@ class RunConfig:
     accelerate: AccelerateConfig
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
     def to_dict(self) -> dict:
         """Plain dicts/lists/scalars, ready for YAML."""
@@ -343,6 +374,7 @@ def validate(data: dict) -> RunConfig:
     accel = build_dataclass(AccelerateConfig, data.get("accelerate") or {}, "accelerate")
     sample = build_dataclass(SampleConfig, data.get("sample") or {}, "sample")
     evaluation = build_dataclass(EvalConfig, data.get("eval") or {}, "eval")
+    guidance = validate_guidance(data.get("guidance") or {})
     return RunConfig(
         recipe=recipe_name,
         seed=check_value(data.get("seed", 0), int, "seed"),
@@ -351,8 +383,25 @@ def validate(data: dict) -> RunConfig:
         accelerate=accel,
         sample=sample,
         eval=evaluation,
+        guidance=guidance,
         **sections,
     )
+
+
+def validate_guidance(values: dict) -> GuidanceConfig:
+    """The ``guidance:`` section; its decoded reward is checked like any reward section."""
+    g = build_dataclass(GuidanceConfig, values, "guidance")
+    if g.reward_model is not None and g.decoded_reward is not None:
+        raise ConfigError("guidance: set reward_model (latent reward) or decoded_reward, not both")
+    if g.decoded_reward is not None:
+        g.decoded_reward = validate_component("reward", g.decoded_reward, "guidance.decoded_reward")
+    if not 0.0 <= g.t_min <= g.t_max <= 1.0:
+        raise ConfigError(f"guidance.t_min/t_max: need 0 <= t_min <= t_max <= 1, got {g.t_min}, {g.t_max}")
+    if g.best_of_n < 1:
+        raise ConfigError(f"guidance.best_of_n: must be >= 1, got {g.best_of_n}")
+    if g.max_coef is not None and g.max_coef <= 0:
+        raise ConfigError(f"guidance.max_coef: must be > 0 (or null), got {g.max_coef}")
+    return g
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -84,26 +84,27 @@ def sample_diffusion(cfg: RunConfig, out_dir: Path, prompts: list[str]) -> list[
     pipe.to(device)
     written, images = [], []
     kwargs = _pipeline_kwargs(family, cfg.sample)
+    guide = _build_guidance(cfg.guidance, family, pipe, device)
     for i, prompt in enumerate(tqdm(prompts, desc="sample")):
         generator = torch.Generator(device).manual_seed(cfg.seed + i)
         for j in range(cfg.sample.num_per_prompt):
-            out = pipe(prompt, generator=generator, output_type="pt" if family.modality == "image" else "np", **kwargs)
+            if guide is None:
+                out = pipe(prompt, generator=generator, output_type="pt" if family.modality != "audio" else "np",
+                           **kwargs)
+                sample = media_from_output(family, out)[0]
+            else:
+                sample = _guided_samples(guide, family, [prompt], generator, kwargs)[0]
             stem = out_dir / f"{i:04d}_{j}"
             if family.modality == "image":
-                img = out.images[0] * 2 - 1  # [3, H, W] in [-1, 1]
-                images.append(img.cpu())
-                written.append(media.save_image_grid(img[None], stem.with_suffix(".png"), nrow=1))
+                images.append(sample.cpu())
+                written.append(media.save_image_grid(sample[None], stem.with_suffix(".png"), nrow=1))
             elif family.modality == "video":
-                frames = torch.from_numpy(out.frames[0]).float()  # [F, H, W, 3] in [0, 1]
-                video = frames.permute(3, 0, 1, 2) * 2 - 1
-                written.append(media.save_video(video, stem.with_suffix(".gif"), fps=8))
-                written.append(media.save_video(video, stem.with_suffix(".mp4"), fps=8))
+                written.append(media.save_video(sample, stem.with_suffix(".gif"), fps=8))
+                written.append(media.save_video(sample, stem.with_suffix(".mp4"), fps=8))
             else:
-                audio = torch.as_tensor(out.audios[0]).float()
-                audio = audio if audio.dim() == 2 else audio[None]
                 rate = family.sample_rate
-                written.append(media.save_audio(audio, stem.with_suffix(".wav"), rate))
-                written.append(media.save_spectrogram_png(audio, rate, stem.with_name(stem.name + "_spec.png")))
+                written.append(media.save_audio(sample, stem.with_suffix(".wav"), rate))
+                written.append(media.save_spectrogram_png(sample, rate, stem.with_name(stem.name + "_spec.png")))
     if images:
         written.append(media.save_image_grid(torch.stack(images), out_dir / "grid.png", nrow=cfg.sample.num_per_prompt))
     return written
@@ -136,6 +137,55 @@ def sample_text(cfg: RunConfig, out_dir: Path, prompts: list[str]) -> list[Path]
     return [path]
 
 
+def media_from_output(family, out) -> torch.Tensor:
+    """A pipeline output (``output_type="pt"``, audio ``"np"``) as samples in [-1, 1]: images
+    ``[B, 3, H, W]``, videos ``[B, 3, F, H, W]``, audio ``[B, C, T]``."""
+    if family.modality == "image":
+        return out.images.float().cpu() * 2 - 1
+    if family.modality == "video":
+        return out.frames.float().cpu().permute(0, 2, 1, 3, 4) * 2 - 1  # [B, F, 3, H, W] -> [B, 3, F, H, W]
+    audio = torch.as_tensor(out.audios).float().cpu()
+    return audio if audio.dim() == 3 else audio[:, None]
+
+
+# --------------------------------------------------------------------------- reward guidance (guidance: section)
+
+
+def _build_guidance(gcfg, family, pipe, device):
+    """A :class:`~mmalign.guidance.sampler.Guidance` when the ``guidance:`` section sets a reward, else None."""
+    if gcfg is None or not gcfg.enabled:
+        return None
+    from mmalign.guidance.sampler import Guidance
+
+    return Guidance(gcfg, family, pipe, device)
+
+
+def _guided_samples(guide, family, prompts: list[str], generators, kwargs: dict) -> torch.Tensor:
+    """Samples of ``prompts`` with guidance and best-of-N applied. ``generators``: one generator
+    (drawn from in order, as the stock call does) or one per prompt; with best-of-N, candidate k of a
+    per-prompt generator seeded s is seeded ``candidate_seed(s, k)`` (candidate 0 = the unguided seed)."""
+    from mmalign.guidance.sampler import best_of_n_indices
+
+    n = guide.cfg.best_of_n
+    output_type = "pt" if family.modality != "audio" else "np"
+    if n == 1:
+        out, _, _ = guide.generate(prompts, generators, kwargs, output_type=output_type)
+        return media_from_output(family, out)
+    flat = list(prompts) * n
+    if isinstance(generators, list):
+        generators = [g for k in range(n) for g in _candidate_generators(generators, k)]
+    out, latents, codes = guide.generate(flat, generators, kwargs, output_type=output_type)
+    samples = media_from_output(family, out)
+    scores = guide.selection_scores(latents, codes, samples, flat)
+    return samples[best_of_n_indices(scores, n)]
+
+
+def _candidate_generators(generators: list, k: int) -> list:
+    from mmalign.guidance.sampler import candidate_seed
+
+    return [torch.Generator(g.device).manual_seed(candidate_seed(g.initial_seed(), k)) for g in generators]
+
+
 def run_sample(cfg: RunConfig) -> list[Path]:
     if cfg.adapter is None:
         raise ValueError("sample: the config needs an adapter section")
@@ -147,10 +197,12 @@ def run_sample(cfg: RunConfig) -> list[Path]:
     return sample_diffusion(cfg, out_dir, prompts)
 
 
-def make_sampler(adapter_cfg: dict, weights: Path | None, sample_kwargs: dict, *, device: str | None = None):
+def make_sampler(adapter_cfg: dict, weights: Path | None, sample_kwargs: dict, *, device: str | None = None,
+                 guidance=None):
     """``sampler(prompts, seeds) -> samples`` for a base (``weights=None``) or fine-tuned model:
     images ``[B, 3, H, W]``, videos ``[B, 3, F, H, W]``, audio ``[B, C, T]`` in [-1, 1]; text ``list[str]``.
-    Each sample is drawn from its own seed, so two models sampled with the same seeds share noise."""
+    Each sample is drawn from its own seed, so two models sampled with the same seeds share noise.
+    ``guidance``: a ``GuidanceConfig`` (reward guidance and/or best-of-N; diffusion models only)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if adapter_cfg["name"] == "causal_lm":
         return _text_sampler(adapter_cfg, weights, sample_kwargs, device)
@@ -162,17 +214,16 @@ def make_sampler(adapter_cfg: dict, weights: Path | None, sample_kwargs: dict, *
     pipe = load_diffusion_pipeline(pretrained, family, weights).to(device)
     pipe.set_progress_bar_config(disable=True)
 
+    guide = _build_guidance(guidance, family, pipe, device)
+
     @torch.no_grad()
     def sample(prompts: list[str], seeds: list[int]) -> torch.Tensor:
         generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+        if guide is not None:
+            return _guided_samples(guide, family, prompts, generators, sample_kwargs)
         out = pipe(prompts, generator=generators, output_type="pt" if family.modality != "audio" else "np",
                    **sample_kwargs)
-        if family.modality == "image":
-            return out.images.float().cpu() * 2 - 1
-        if family.modality == "video":
-            return out.frames.float().cpu().permute(0, 2, 1, 3, 4) * 2 - 1  # [B, F, 3, H, W] -> [B, 3, F, H, W]
-        audio = torch.as_tensor(out.audios).float().cpu()
-        return audio if audio.dim() == 3 else audio[:, None]
+        return media_from_output(family, out)
 
     sample.sample_rate = getattr(family, "sample_rate", None)  # audio: the rate of what it returns
     return sample
