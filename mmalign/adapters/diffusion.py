@@ -165,8 +165,11 @@ class DiffusionAdapter:
         if self.pipe is None:
             if self.cache is not None:
                 raise RuntimeError("the encoding cache is in use: the VAE and text encoders are not loaded")
-            self.pipe = self.family.load_pipeline(self.pretrained, revision=self.revision, torch_dtype=self.dtype,
-                                                  denoiser=self.model)
+            from mmalign.recipes.sample import quiet_loading
+
+            with quiet_loading():
+                self.pipe = self.family.load_pipeline(self.pretrained, revision=self.revision, torch_dtype=self.dtype,
+                                                      denoiser=self.model)
             for name, comp in self.pipe.components.items():
                 if isinstance(comp, nn.Module) and comp is not self.model:
                     comp.requires_grad_(False).eval()

@@ -9,6 +9,7 @@ per image; a GIF and an MP4 per video; a WAV and a spectrogram PNG per audio cli
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -51,12 +52,35 @@ def load_diffusion_pipeline(pretrained: str, family, weights: Path | None, *, to
     if weights is not None and (weights / family.denoiser).is_dir():  # full fine-tuning
         denoiser_cls = getattr(diffusers, family.denoiser_class(pretrained))
         kwargs[family.denoiser] = denoiser_cls.from_pretrained(weights / family.denoiser, dtype=torch_dtype)
-    pipe = pipe_cls.from_pretrained(pretrained, dtype=torch_dtype, **kwargs)
-    if weights is not None and (weights / "pytorch_lora_weights.safetensors").is_file():
-        pipe.load_lora_weights(str(weights))
-    elif weights is not None and (weights / "adapter_model.safetensors").is_file():
-        setattr(pipe, family.denoiser, load_peft_lora(getattr(pipe, family.denoiser), str(weights)))
+    with quiet_loading():
+        pipe = pipe_cls.from_pretrained(pretrained, dtype=torch_dtype, **kwargs)
+        if weights is not None and (weights / "pytorch_lora_weights.safetensors").is_file():
+            pipe.load_lora_weights(str(weights))
+        elif weights is not None and (weights / "adapter_model.safetensors").is_file():
+            setattr(pipe, family.denoiser, load_peft_lora(getattr(pipe, family.denoiser), str(weights)))
     return pipe
+
+
+@contextmanager
+def quiet_loading():
+    """Silence diffusers/transformers loading bars and messages below error level while a pipeline loads
+    (e.g. diffusers warns "no LoRA keys for the text encoder" for every denoiser-only LoRA, which is how
+    ours are by design); errors still show, and the levels are restored afterwards."""
+    from diffusers.utils import logging as d_logging
+    from transformers.utils import logging as t_logging
+
+    d_level, t_level = d_logging.get_verbosity(), t_logging.get_verbosity()
+    d_logging.set_verbosity_error()
+    t_logging.set_verbosity_error()
+    d_logging.disable_progress_bar()
+    t_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        d_logging.set_verbosity(d_level)
+        t_logging.set_verbosity(t_level)
+        d_logging.enable_progress_bar()
+        t_logging.enable_progress_bar()
 
 
 def _pipeline_kwargs(family, sample) -> dict:
