@@ -171,8 +171,12 @@ class LatentRewardModel:
     # ------------------------------------------------------------------ encoding (frozen VAE, text encoders)
     def pipeline(self):
         if self.pipe is None:
-            self.pipe = self.family.load_pipeline(self.pretrained, revision=None, torch_dtype=torch.float32,
-                                                  denoiser=None)
+            import diffusers
+
+            # Only the VAE and text encoders are used; StableAudioPipeline cannot be built without its denoiser.
+            skip = {} if self.family.name == "stable_audio" else {self.family.denoiser: None}
+            self.pipe = getattr(diffusers, self.family.pipeline_class).from_pretrained(
+                self.pretrained, dtype=torch.float32, **skip)
             for comp in self.pipe.components.values():
                 if isinstance(comp, nn.Module):
                     comp.requires_grad_(False).eval()
