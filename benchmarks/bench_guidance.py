@@ -13,7 +13,7 @@
    within ``--tolerance`` count half, 95% interval) and the wall-time ratio of each to base.
 
     python benchmarks/bench_guidance.py                       # digits: trains the RM (~2 min), then ~1 min
-    python benchmarks/bench_guidance.py --rm outputs/digits_nrg/final --scale 1 --weights TA=1,VQ=0.5
+    python benchmarks/bench_guidance.py --rm outputs/digits_nrg/final --scale 1 --weights TA=1,VQ=0.5 --sweep
     python benchmarks/bench_guidance.py --world moving_digits --config configs/gym/moving_digits_nrg.yaml
 
 Single thread (``--threads``); times are medians of ``--repeats`` runs of each method.
@@ -49,6 +49,7 @@ def main() -> int:
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sweep", action="store_true", help="also: other weights, λ values and t_max (same reward model)")
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -136,11 +137,23 @@ def main() -> int:
     total = lambda r: sum(r["reward"][d]["tuned"] for d in dims)  # noqa: E731
     print(f"\nguided vs compute-matched best-of-{n_matched}: sum of GT means {total(g):.3f} vs {total(b):.3f} "
           f"({total(g) - total(b):+.3f}); win rate vs base {g['win_rate']:.3f} vs {b['win_rate']:.3f}")
+    sweep = {}
+    if args.sweep:
+        dims_rm = list(weights)
+        variants = [{"weights": {d: float(d == k) for d in dims_rm}} for k in dims_rm]
+        variants += [{"scale": s} for s in (0.3, 3.0, 10.0)] + [{"t_max": 0.5}]
+        print("\nsweep (mean ground truth per dimension, cost vs base):")
+        for kw in variants:
+            samples, seconds = run(guidance(**kw))
+            r = compare(world, base, samples, flat, groups, tolerance=args.tolerance)
+            sweep[json.dumps(kw)] = {"reward": {d: r["reward"][d]["tuned"] for d in dims}, "cost_ratio": seconds / t_base}
+            print(f"  {json.dumps(kw)}: " + ", ".join(f"{d} {r['reward'][d]['tuned']:.3f}" for d in dims)
+                  + f"  ({seconds / t_base:.2f}x)")
     summary = {"world": args.world, "rm": rm, "rm_train_seconds": train_seconds, "rm_accuracy_by_t": rm_accuracy,
                "cost_ratio_guided": ratio, "compute_matched_n": n_matched, "args": vars(args),
                "results": {k: {kk: v[kk] for kk in ("reward", "win_rate", "ci_low", "ci_high", "win_rate_strict",
                                                      "vendi", "seconds", "cost_ratio")} for k, v in results.items()},
-               "table": table}
+               "table": table, "sweep": sweep}
     (out / f"{args.world}.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {out / (args.world + '.json')}")
     return 0
