@@ -54,8 +54,10 @@ def mean_vendi(features: torch.Tensor, groups: list[int]) -> float:
 
 
 def compare(world, base_samples, tuned_samples, prompts: list[str], groups: list[int], *,
-            tolerance: float, dim_weights: dict[str, float] | None = None, sample_rate: int | None = None) -> dict:
-    """All the figures of one base-vs-tuned comparison on the same prompts and seeds."""
+            tolerance: float, dim_weights: dict[str, float] | None = None, sample_rate: int | None = None,
+            return_scores: bool = False):
+    """All the figures of one base-vs-tuned comparison on the same prompts and seeds (and, with
+    ``return_scores``, the ``[N]`` weighted ground truth of base and tuned samples as a second value)."""
     reward = world.reward()
     with torch.no_grad():
         r_base = reward(base_samples, prompts, sample_rate=sample_rate).float().cpu()
@@ -72,7 +74,7 @@ def compare(world, base_samples, tuned_samples, prompts: list[str], groups: list
                   "tuned": mean_vendi(world.features(tuned_samples).float().cpu(), groups)},
     }
     result["passed"] = result["ci_low"] > 0.5
-    return result
+    return (result, (total_base, total_tuned)) if return_scores else result
 
 
 def evaluate_world(world, sampler_base, sampler_tuned, *, num_prompts: int, samples_per_prompt: int, seed: int,
@@ -83,13 +85,14 @@ def evaluate_world(world, sampler_base, sampler_tuned, *, num_prompts: int, samp
     flat = [p for p in prompts for _ in range(samples_per_prompt)]
     seeds = [seed * 100_003 + i for i in range(len(flat))]
     base, tuned = sample_all(sampler_base, flat, seeds, batch_size), sample_all(sampler_tuned, flat, seeds, batch_size)
-    result = compare(world, base, tuned, flat, [samples_per_prompt] * len(prompts), tolerance=tolerance,
-                     dim_weights=dim_weights, sample_rate=getattr(sampler_base, "sample_rate", None))
+    result, totals = compare(world, base, tuned, flat, [samples_per_prompt] * len(prompts), tolerance=tolerance,
+                             dim_weights=dim_weights, sample_rate=getattr(sampler_base, "sample_rate", None),
+                             return_scores=True)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
-        side_by_side(world.modality, base, tuned, flat, out_dir, per_prompt=samples_per_prompt)
+        side_by_side(world.modality, base, tuned, flat, out_dir, per_prompt=samples_per_prompt, scores=totals)
     return result
 
 
@@ -99,11 +102,14 @@ def sample_all(sampler, prompts: list[str], seeds: list[int], batch_size: int):
 
 
 def side_by_side(modality: str, base, tuned, prompts: list[str], out_dir: Path, *, per_prompt: int,
-                 max_prompts: int = 8) -> Path:
-    """``compare.png``: base (left) and tuned (right) samples of the first prompts; frame strips for
-    video, spectrograms for audio; ``compare.md`` (a table) for text."""
-    n = min(len(prompts), max_prompts * per_prompt)
+                 max_prompts: int = 8, scores: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
+    """``compare.png``: base (left) and tuned (right) for the first ``max_prompts`` prompts, one row
+    per prompt. Images: every sample of the prompt side by side; video: the first sample's frames as a
+    strip; audio: the first sample's spectrogram. With ``scores`` (the weighted ground truth per sample)
+    each row is titled with its mean. Text: ``compare.md``, a table."""
+    n_prompts = min(len(prompts) // per_prompt, max_prompts)
     if modality == "text":
+        n = n_prompts * per_prompt
         lines = ["| prompt | base | tuned |", "|---|---|---|"]
         lines += [f"| {p} | {b} | {t} |".replace("\n", " ") for p, b, t in zip(prompts[:n], base[:n], tuned[:n])]
         path = out_dir / "compare.md"
@@ -114,27 +120,37 @@ def side_by_side(modality: str, base, tuned, prompts: list[str], out_dir: Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = n
-    fig, axes = plt.subplots(rows, 2, figsize=(6, 1.6 * rows + 0.6), squeeze=False)
-    for i in range(rows):
+    def tile(samples, i: int):
+        first = i * per_prompt
+        if modality == "image":  # the prompt's samples in a row: [3, H, k*W]
+            row = torch.cat([samples[first + j].float().cpu() for j in range(min(per_prompt, 8))], dim=2)
+            return ((row.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy()
+        x = samples[first].float().cpu()
+        if modality == "video":  # frames side by side: [3, F, H, W] -> [H, F*W, 3]
+            strip = x.permute(2, 1, 3, 0).reshape(x.shape[2], -1, 3)
+            return ((strip + 1) / 2).clamp(0, 1).numpy()
+        return x.mean(0).numpy()
+
+    width = 4.0 if modality == "audio" else max(3.0, 0.45 * min(per_prompt, 8) * (1 if modality == "image" else 1.6))
+    fig, axes = plt.subplots(n_prompts, 2, figsize=(2 * width + 1.2, 0.9 * n_prompts + 0.8), squeeze=False)
+    for i in range(n_prompts):
         for j, (name, samples) in enumerate((("base", base), ("tuned", tuned))):
             ax = axes[i][j]
-            x = samples[i].float().cpu()
-            if modality == "image":
-                ax.imshow(((x.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
-            elif modality == "video":  # frames side by side: [3, F, H, W] -> [H, F*W, 3]
-                strip = x.permute(2, 1, 3, 0).reshape(x.shape[2], -1, 3)
-                ax.imshow(((strip + 1) / 2).clamp(0, 1).numpy())
+            if modality == "audio":
+                ax.specgram(tile(samples, i), NFFT=64, noverlap=48)
             else:
-                ax.specgram(x.mean(0).numpy(), NFFT=64, noverlap=48)
+                ax.imshow(tile(samples, i), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name)
+            title = name if i == 0 else ""
+            if scores is not None:
+                mean = float(scores[j][i * per_prompt:(i + 1) * per_prompt].mean())
+                title = f"{title + ': ' if title else ''}reward {mean:.2f}"
+            ax.set_title(title, fontsize=7, pad=2)
             if j == 0:
-                ax.set_ylabel(prompts[i][:28], fontsize=7)
+                ax.set_ylabel(prompts[i * per_prompt][:30], fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout()
     path = out_dir / "compare.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
