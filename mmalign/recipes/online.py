@@ -138,6 +138,14 @@ class PromptSource:
     world: str | None
     sample_kwargs: dict
 
+    @property
+    def train(self) -> list[str]:  # what `mmalign validate` counts
+        return self.prompts
+
+    @property
+    def eval(self) -> list[str]:
+        return []
+
 
 @registry.register("data", "prompts", runtime_args=("seed",))
 def prompt_source(world: str | None = None, prompts_file: str | None = None, prompts: list[str] | None = None,
