@@ -139,5 +139,8 @@ def test_generate_train_and_eval_end_to_end_via_cli(toy_base, tmp_path, capsys):
     result = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
     assert result["n_samples"] == 4 and 0 <= result["win_rate"] <= 1 and set(result["reward"]) == {"bright", "red"}
     assert (tmp_path / "run" / "eval" / "compare.png").stat().st_size > 1000
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"**{result['win_rate']:.3f}**" in report and "![Samples, base (left) and tuned (right)](eval/compare.png)" in report
+    assert "| bright |" in report
     assert main(["eval", str(path), "eval.samples_per_prompt=1"]) == 0
     assert "win rate vs base" in capsys.readouterr().out
