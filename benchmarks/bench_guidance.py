@@ -4,7 +4,8 @@
    world's base and labelled by the simulated annotator: ``mmalign train CONFIG`` (skipped with ``--rm``).
 2. On held-out eval prompts (``world.prompts("eval")``, ``--samples-per-prompt`` seeds each), sample:
    - ``base``: the stock pipeline;
-   - ``guided``: the same seeds with ṽ = v − λ·t/(1−t)·∇(w·r_φ) at every step (``--scale``, ``--weights``);
+   - ``guided``: the same seeds with ṽ = v − λ·c(t)·∇(w·r_φ) at every step (``--scale``, ``--weights``;
+     c = t/(1−t) for the flow worlds, tan θ = σ for the audio world ``chords``, Stable Audio);
    - ``best-of-N``: N candidates per sample (candidate 0 = the base sample), the best under the *same*
      latent reward model at t = 0, for N = 2, 4 and the compute-matched N = ⌈guided/base wall time⌉;
    - ``oracle``: decoded-space guidance with the ground truth itself (not a fair comparison; it shows
@@ -15,6 +16,7 @@
     python benchmarks/bench_guidance.py                       # digits: trains the RM (~2 min), then ~1 min
     python benchmarks/bench_guidance.py --rm outputs/digits_nrg/final --scale 1 --weights TA=1,VQ=0.5 --sweep
     python benchmarks/bench_guidance.py --world moving_digits --config configs/gym/moving_digits_nrg.yaml
+    python benchmarks/bench_guidance.py --world chords --num-prompts 42 --samples-per-prompt 4   # audio (Stable Audio)
 
 Single thread (``--threads``); times are medians of ``--repeats`` runs of each method.
 """
@@ -42,7 +44,8 @@ def main() -> int:
     ap.add_argument("--num-prompts", type=int, default=40)
     ap.add_argument("--samples-per-prompt", type=int, default=4)
     ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--weights", default="TA=1,VQ=0.5", help="per-dimension guidance weights, e.g. TA=1,VQ=0.5")
+    ap.add_argument("--weights", default=None, help="per-dimension guidance weights, e.g. TA=1,VQ=0.5 "
+                    "(default: TA=1,VQ=0.5 for digits, else 1 for every dimension of the world)")
     ap.add_argument("--t-max", type=float, default=1.0)
     ap.add_argument("--max-coef", type=float, default=10.0)
     ap.add_argument("--oracle-scale", type=float, default=1.0)
@@ -82,6 +85,8 @@ def main() -> int:
     rm_accuracy = json.loads((Path(rm) / "accuracy_by_t.json").read_text()) if (Path(rm) / "accuracy_by_t.json").is_file() else {}
     cfg = load_config(config)
     world = get_world(args.world)
+    if args.weights is None:
+        args.weights = "TA=1,VQ=0.5" if args.world == "digits" else ",".join(f"{d}=1" for d in world.dims)
     weights = {k: float(v) for k, v in (kv.split("=") for kv in args.weights.split(","))}
     prompts = world.prompts("eval", args.num_prompts, args.seed)
     flat = [p for p in prompts for _ in range(args.samples_per_prompt)]
@@ -95,8 +100,12 @@ def main() -> int:
                 "max_coef": args.max_coef}
         return validate_guidance({**base, **kw})
 
+    sample_rate = None
+
     def run(g):
+        nonlocal sample_rate
         sampler = make_sampler(adapter, None, world.sample_kwargs, device="cpu", guidance=g)
+        sample_rate = getattr(sampler, "sample_rate", None)
         sample_all(sampler, flat[:2], seeds[:2], 64)  # warm-up
         times = []
         for _ in range(args.repeats):
@@ -120,7 +129,7 @@ def main() -> int:
     groups = [args.samples_per_prompt] * len(prompts)
     rows = []
     for name, (samples, seconds) in methods.items():
-        r = compare(world, base, samples, flat, groups, tolerance=args.tolerance)
+        r = compare(world, base, samples, flat, groups, tolerance=args.tolerance, sample_rate=sample_rate)
         results[name] = {**r, "seconds": seconds, "cost_ratio": seconds / t_base}
         rows.append((name, r, seconds / t_base))
     dims = list(results["guided"]["reward"])
@@ -145,7 +154,7 @@ def main() -> int:
         print("\nsweep (mean ground truth per dimension, cost vs base):")
         for kw in variants:
             samples, seconds = run(guidance(**kw))
-            r = compare(world, base, samples, flat, groups, tolerance=args.tolerance)
+            r = compare(world, base, samples, flat, groups, tolerance=args.tolerance, sample_rate=sample_rate)
             sweep[json.dumps(kw)] = {"reward": {d: r["reward"][d]["tuned"] for d in dims}, "cost_ratio": seconds / t_base}
             print(f"  {json.dumps(kw)}: " + ", ".join(f"{d} {r['reward'][d]['tuned']:.3f}" for d in dims)
                   + f"  ({seconds / t_base:.2f}x)")

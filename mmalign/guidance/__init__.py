@@ -2,8 +2,9 @@
 
 - :mod:`~mmalign.guidance.latent_reward`: ``r_φ(x_t, t, prompt) -> [B, D]`` (Flow-NRG), trained by
   the ``latent_reward_model`` recipe from the same pairs as Flow-DPO;
-- :mod:`~mmalign.guidance.guided`: the guided velocity ``ṽ = v − λ·t/(1−t)·∇r`` applied inside a stock
-  diffusers pipeline's scheduler step, and decoded-space rewards on x̂₀;
+- :mod:`~mmalign.guidance.guided`: the guided velocity ``ṽ = v − λ·t/(1−t)·∇r`` (Stable Audio's cosine
+  v-prediction: ``ṽ = v − λ·tan θ·∇r``) applied inside a stock diffusers pipeline's scheduler step, and
+  decoded-space rewards on x̂₀;
 - :mod:`~mmalign.guidance.sampler`: the ``guidance:`` section at sampling time, best-of-N and its
   compute-matched N.
 """

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from mmalign.guidance.guided import LatentLayout, decode_latents, guided_scheduler
+from mmalign.guidance.guided import (LatentLayout, decode_latents, denoised, edm_guidance_scheduler, edm_noise_level,
+                                     guided_scheduler)
 from mmalign.registry import ConfigError, nearest
 
 
@@ -54,10 +55,21 @@ class Guidance:
             self.decoded.to(device)
         else:
             raise ConfigError("guidance: set guidance.reward_model or guidance.decoded_reward")
-        if (cfg.guides or self.latent_rm is not None) and family.prediction != "flow":
+        if (cfg.guides or self.latent_rm is not None) and family.prediction not in ("flow", "cosine_v"):
             raise ConfigError(f"guidance: the {family.name} family samples with a {family.prediction} scheduler; reward "
                               "guidance and latent-reward best-of-N support the flow families (sd3, flux, wan, ltx, "
-                              "hunyuan_video). For audio, use best-of-N with a decoded reward (guidance.scale=0).")
+                              "hunyuan_video) and stable_audio. For it, use best-of-N with a decoded reward "
+                              "(guidance.scale=0).")
+        self.edm = family.prediction == "cosine_v"
+        if self.edm and (cfg.guides or self.latent_rm is not None):
+            try:
+                ok = edm_guidance_scheduler(pipe.scheduler)
+            except ValueError as err:
+                raise ConfigError(f"guidance: {err}") from None
+            if not ok:
+                raise ConfigError(f"guidance: {family.name} needs its EDM scheduler (CosineDPMSolverMultistepScheduler); "
+                                  f"the pipeline has {type(pipe.scheduler).__name__}")
+        self.sample_rate = getattr(family, "sample_rate", None) if family.modality == "audio" else None
         self.weights = self.weights.to(device)
 
     # ------------------------------------------------------------------ rewards
@@ -71,7 +83,9 @@ class Guidance:
         return self.latent_rm(x, t, codes.to(x.device)).float() @ self.weights
 
     def decoded_reward(self, media: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """``[B]`` weighted decoded-space reward of media in [-1, 1]."""
+        """``[B]`` weighted decoded-space reward of media in [-1, 1] (audio at the pipeline's sample rate)."""
+        if self.sample_rate is not None:
+            return self.decoded(media, prompts, sample_rate=self.sample_rate).float() @ self.weights
         return self.decoded(media, prompts).float() @ self.weights
 
     # ------------------------------------------------------------------ one call
@@ -87,7 +101,8 @@ class Guidance:
         def reward_fn(x, t, v):
             if self.latent_rm is not None:
                 return self.latent_reward(x, t, codes)
-            media = decode_latents(self.family, self.pipe, x - t * v)  # x̂₀ with v held constant
+            x0 = denoised(self.family.prediction, x, t, v)  # x̂₀ with v held constant
+            media = decode_latents(self.family, self.pipe, x0, audio_window=getattr(layout, "window", None))
             return self.decoded_reward(media, flat_prompts)
 
         cfg = self.cfg
@@ -96,16 +111,28 @@ class Guidance:
         final = {}
         kwargs = dict(call_kwargs)
         if self.latent_rm is not None and cfg.best_of_n > 1:
-            def keep_last(pipe, i, t, tensors):  # the latents the pipeline decodes (it changes nothing)
-                final["latents"] = tensors["latents"]
-                return {}
+            if self.family.name == "stable_audio":  # no callback_on_step_end; the legacy callback sees the same latents
+                def keep_last_audio(i, t, latents):
+                    final["latents"] = latents
 
-            kwargs["callback_on_step_end"] = keep_last
+                kwargs.update(callback=keep_last_audio, callback_steps=1)
+            else:
+                def keep_last(pipe, i, t, tensors):  # the latents the pipeline decodes (it changes nothing)
+                    final["latents"] = tensors["latents"]
+                    return {}
+
+                kwargs["callback_on_step_end"] = keep_last
+        if per_prompt > 1:
+            kwargs["num_waveforms_per_prompt" if self.family.name == "stable_audio" else "num_images_per_prompt"] = \
+                per_prompt
         with context:
-            out = self.pipe(prompts, generator=generators, output_type=output_type,
-                            num_images_per_prompt=per_prompt, **kwargs) if per_prompt > 1 else \
-                self.pipe(prompts, generator=generators, output_type=output_type, **kwargs)
-        latents = layout.unpack(final["latents"].float()) if final else None
+            out = self.pipe(prompts, generator=generators, output_type=output_type, **kwargs)
+        latents = None
+        if final:
+            latents = final["latents"].float()
+            if self.edm:  # EDM latents at the last σ (0 with final_sigmas_type "zero") -> the VP x_t
+                latents = latents * edm_noise_level(float(self.pipe.scheduler.sigmas[-1]))[1]
+            latents = layout.unpack(latents)
         return out, latents, codes
 
     @torch.no_grad()

@@ -186,7 +186,7 @@ def hard_clip(x: torch.Tensor, drive: float) -> torch.Tensor:
 
 def to_mono(samples, sample_rate: int | None) -> torch.Tensor:
     """``[B, C, T]`` (or ``[B, T]``) audio at ``sample_rate`` (None: the world's) → ``[B, T]`` at 4 kHz, float32."""
-    x = torch.as_tensor(samples).detach().float().cpu()
+    x = torch.as_tensor(samples).float().cpu()  # not detached: the ground truth is differentiable (guidance)
     if x.dim() == 2:
         x = x[:, None]
     if x.dim() != 3:
@@ -276,6 +276,9 @@ class ChordsReward(Reward):
 
     dims = ("pitch", "quality", "timbre")
     modality = "audio"
+    # Gradients reach the waveform through the spectral shares (pitch), the flatness (quality's no-noise
+    # term) and the harmonic ratio (timbre); the level and clipping terms are saturating / hard and give none.
+    differentiable = True
 
     def forward(self, samples, prompts=None, *, sample_rate=None):
         if prompts is None or len(prompts) != len(samples):
@@ -288,7 +291,7 @@ class ChordsReward(Reward):
 def chord_features(samples, sample_rate: int | None = None) -> torch.Tensor:
     """``[B, 24]`` features for diversity (Vendi) and as a DRAGON embedder: 12-bin chroma of the
     fundamentals, brightness, no-noise, no-clip, level, and the 8-segment RMS envelope (peak 1)."""
-    x = to_mono(samples, sample_rate)
+    x = to_mono(samples, sample_rate).detach()
     a = analyse(x)
     pcs = (a["midi"].long() % 12)
     chroma = torch.zeros(x.shape[0], 12, dtype=torch.float64).index_add_(1, pcs, a["q"])

@@ -142,15 +142,3 @@ def test_decoded_space_guidance_raises_the_decoded_reward(tiny):
     guided = make_sampler(adapter, None, kwargs, device="cpu", guidance=g)(prompts, seeds)
     ta = lambda s: DigitsReward()(s, prompts)[:, 0]  # noqa: E731
     assert ta(guided).mean() > ta(base).mean()
-
-
-def test_audio_guidance_is_a_clear_error(tiny, tmp_path):
-    from mmalign.registry import ConfigError
-
-    path = tiny("stable_audio")
-    rm_dir = tmp_path / "rm"
-    LatentRewardModel(str(path), dims=["pitch"], width=8, depth=2, seconds=1.0).save_pretrained(str(rm_dir))
-    g = validate_guidance({"reward_model": str(rm_dir)})
-    with pytest.raises(ConfigError, match="stable_audio.*flow families"):
-        make_sampler({"name": "diffusion", "pretrained": str(path)}, None, CALL_KWARGS["stable_audio"], device="cpu",
-                     guidance=g)
