@@ -37,6 +37,23 @@ def load_trainable_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) 
             own[k].copy_(v)
 
 
+class RewardModelState:
+    """What every trainable reward model (text, VLM, embedding, noisy-latent) shares as an adapter of
+    the ``reward_model``-style recipes: no reference model, and a state made of the trainable
+    parameters of ``self.model``."""
+
+    model: nn.Module
+
+    def reference(self):
+        raise RuntimeError("reward models have no reference model")
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return trainable_state_dict(self.model)
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_trainable_state_dict(self.model, state)
+
+
 class ModalityAdapter(Protocol):
     """Turns a batch into one score per item; the objectives never see the model."""
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmalign.adapters.base import RewardModelState
 from mmalign.data.pairs import DataError, PreferencePair
 from mmalign.registry import register
 from mmalign.rewards.reward_model import label_vector
@@ -99,7 +100,7 @@ class LatentRewardNet(nn.Module):
 
 
 @register("adapter", "latent_reward_model", runtime_args=("reference_copy", "pipe", "net"))
-class LatentRewardModel:
+class LatentRewardModel(RewardModelState):
     """Noisy-latent reward model r(x_t, t, prompt) -> [B, D] over a diffusers model's latents (Flow-NRG)."""
 
     def __init__(
@@ -254,19 +255,10 @@ class LatentRewardModel:
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32).expand(x_t.shape[0])
         return self.model(x_t, t, prompt)
 
-    def reference(self):
-        raise RuntimeError("reward models have no reference model")
-
     def cast_frozen(self, dtype: torch.dtype) -> None:
         """The VAE and text encoders run once at encoding time, in float32."""
 
     # ------------------------------------------------------------------ state
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach() for k, p in self.model.named_parameters()}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
-
     def save_pretrained(self, path: str, state_dict=None) -> None:
         from safetensors.torch import save_file
 

@@ -326,16 +326,7 @@ class OfflinePreference:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
         accel = self.accelerator
-        tmp, final = ckpt.tmp_dir(self.ckpt_root, self.step), ckpt.checkpoint_dir(self.ckpt_root, self.step)
-        accel.wait_for_everyone()
-        if self.main:
-            if tmp.exists():
-                import shutil
-
-                shutil.rmtree(tmp)  # a torn write from a killed run
-            tmp.mkdir(parents=True)
-        accel.wait_for_everyone()
-        ckpt.write_rng(tmp, accel.process_index)
+        tmp, final = ckpt.start_checkpoint(accel, self.ckpt_root, self.step)
         if self.sharded:
             accel.save_state(str(tmp / "engine"))
         accel.wait_for_everyone()

@@ -524,15 +524,7 @@ class Online:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
         accel = self.accelerator
-        tmp, final = ckpt.tmp_dir(self.ckpt_root, self.round), ckpt.checkpoint_dir(self.ckpt_root, self.round)
-        accel.wait_for_everyone()
-        if self.main:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)  # a torn write from a killed run
-            tmp.mkdir(parents=True)
-        accel.wait_for_everyone()
-        ckpt.write_rng(tmp, accel.process_index)
+        tmp, final = ckpt.start_checkpoint(accel, self.ckpt_root, self.round)
         accel.wait_for_everyone()
         if self.main:
             if self.ref_state is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmalign.adapters.base import RewardModelState
 from mmalign.data.pairs import DataError, PreferencePair
 from mmalign.registry import register
 from mmalign.rewards.reward_model import HEADS_FILE, META_FILE, label_vector
@@ -32,7 +33,7 @@ class MLPHeads(nn.Module):
 
 
 @register("adapter", "embedding_reward_model", runtime_args=("reference_copy",))
-class EmbeddingRewardModel:
+class EmbeddingRewardModel(RewardModelState):
     """Reward model on a frozen CLIP/CLAP embedding: per-dimension MLP heads on sample and prompt features."""
 
     def __init__(
@@ -127,19 +128,10 @@ class EmbeddingRewardModel:
         device = next(self.model.parameters()).device
         return self.model(self.features(samples, prompts, sample_rate).to(device)).float()
 
-    def reference(self):
-        raise RuntimeError("reward models have no reference model")
-
     def cast_frozen(self, dtype: torch.dtype) -> None:
         """The embedder keeps its own dtype (set with its ``dtype`` argument)."""
 
     # ------------------------------------------------------------------ state
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach() for k, p in self.model.named_parameters()}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
-
     def save_pretrained(self, path: str, state_dict=None) -> None:
         from safetensors.torch import save_file
 

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from mmalign.adapters.base import LoraSettings, load_trainable_state_dict, trainable_state_dict
+from mmalign.adapters.base import LoraSettings, RewardModelState
 from mmalign.adapters.causal_lm import DTYPES, collate_text_pairs, encode_text_pair
 from mmalign.data.pairs import DataError, PreferencePair
 from mmalign.objectives.bradley_terry import LABEL_IDS
@@ -69,7 +69,7 @@ class TextRewardNet(nn.Module):
 
 
 @register("adapter", "text_reward_model", runtime_args=("reference_copy",))
-class TextRewardModel:
+class TextRewardModel(RewardModelState):
     """Reward model on a transformers LM backbone, one head per dimension, pooled at the last token."""
 
     def __init__(
@@ -153,19 +153,10 @@ class TextRewardModel:
         last = p_len + batch["completion_mask"].sum(-1) - 1
         return self.module(batch["input_ids"], batch["attention_mask"], last)
 
-    def reference(self):
-        raise RuntimeError("reward models have no reference model")
-
     def cast_frozen(self, dtype: torch.dtype) -> None:
         for p in self.model.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(dtype)
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return trainable_state_dict(self.model)
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_trainable_state_dict(self.model, state)
 
     def save_pretrained(self, path: str, state_dict=None) -> None:
         """The backbone (PEFT adapter or full weights), the heads and ``reward_model.json``."""

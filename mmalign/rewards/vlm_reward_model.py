@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmalign.adapters.base import LoraSettings, load_trainable_state_dict, trainable_state_dict
+from mmalign.adapters.base import LoraSettings, RewardModelState
 from mmalign.adapters.causal_lm import DTYPES
 from mmalign.data.pairs import DataError, PreferencePair
 from mmalign.registry import register
@@ -55,7 +55,7 @@ class VLMRewardNet(nn.Module):
 
 
 @register("adapter", "vlm_reward_model", runtime_args=("reference_copy",))
-class VLMRewardModel:
+class VLMRewardModel(RewardModelState):
     """Reward model on a vision-language backbone (Qwen2-VL), one head per dimension."""
 
     def __init__(
@@ -238,9 +238,6 @@ class VLMRewardModel:
         """``[N, D]`` float32 rewards of the batch's items (``[chosen; rejected]`` for a collated pair batch)."""
         return self.module({k: batch[k] for k in batch["input_keys"]}, batch["positions"])
 
-    def reference(self):
-        raise RuntimeError("reward models have no reference model")
-
     @torch.no_grad()
     def reward(self, prompts: list[str], samples: torch.Tensor, *, sample_rate: int | None = None) -> torch.Tensor:
         """``[B, D]`` raw scores of generated media.
@@ -273,12 +270,6 @@ class VLMRewardModel:
         for p in self.model.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(dtype)
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return trainable_state_dict(self.model)
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_trainable_state_dict(self.model, state)
 
     def save_pretrained(self, path: str, state_dict=None) -> None:
         """``backbone/`` (PEFT adapter, or full weights) with the processor, the heads and ``reward_model.json``.

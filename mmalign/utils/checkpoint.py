@@ -104,6 +104,22 @@ def tmp_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f".tmp-step-{step:08d}"
 
 
+def start_checkpoint(accelerator, root: str | Path, index: int) -> tuple[Path, Path]:
+    """Begin checkpoint ``index`` on every rank: a fresh temporary folder (a torn one left by a killed
+    run is removed) holding each rank's RNG state. Returns ``(tmp, final)``; the main process then
+    adds the shared files (:func:`write_checkpoint`) and :func:`commit` renames ``tmp`` to ``final``."""
+    import shutil
+
+    tmp, final = tmp_dir(root, index), checkpoint_dir(root, index)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    write_rng(tmp, accelerator.process_index)
+    return tmp, final
+
+
 def write_checkpoint(
     tmp: Path,
     *,
