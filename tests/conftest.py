@@ -24,6 +24,22 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def tiny_pipelines(tmp_path_factory):
+    """``get(name) -> Path`` of a tiny diffusers pipeline (sd3, flux, wan, ltx, stable_audio, ...; see
+    :mod:`mmalign.utils.tiny_diffusers`), built on first use and shared by the whole session."""
+    from mmalign.utils.tiny_diffusers import build_tiny_pipeline
+
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_tiny_pipeline(name, tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return get
+
+
 def arithmetic_pairs(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []

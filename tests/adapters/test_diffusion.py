@@ -18,7 +18,7 @@ from mmalign.cli import main
 from mmalign.data import load_pairs
 from mmalign.data.media import save_audio
 from mmalign.utils.metrics import read_metrics
-from mmalign.utils.tiny_diffusers import CALL_KWARGS, build_tiny_pipeline
+from mmalign.utils.tiny_diffusers import CALL_KWARGS
 
 # tiny-pipeline name -> (modality, adapter arguments, preference objective)
 FAMILIES = {
@@ -33,17 +33,11 @@ FAMILIES = {
     "audioldm": ("audio", {"seconds": 0.008}, "diffusion_dpo"),
 }
 AUDIO_RATES = {"stable_audio": (64, 2), "audioldm": (16000, 1)}
-_PIPELINES: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
-def pipelines(tmp_path_factory):
-    def get(name: str) -> Path:
-        if name not in _PIPELINES:
-            _PIPELINES[name] = build_tiny_pipeline(name, tmp_path_factory.mktemp(name))
-        return _PIPELINES[name]
-
-    return get
+def pipelines(tiny_pipelines):
+    return tiny_pipelines
 
 
 def write_media(name: str, root: Path, n_pairs: int = 4, seed: int = 0, with_rewards: bool = False) -> Path:

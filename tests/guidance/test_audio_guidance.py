@@ -20,22 +20,16 @@ from mmalign.guidance import LatentRewardModel, guidance_coefficient
 from mmalign.guidance.guided import LatentLayout, edm_noise_level, guided_scheduler
 from mmalign.recipes.sample import make_sampler
 from mmalign.registry import ConfigError
-from mmalign.utils.tiny_diffusers import CALL_KWARGS, build_tiny_pipeline
+from mmalign.utils.tiny_diffusers import CALL_KWARGS
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
-_PIPES: dict[str, Path] = {}
 PROMPT = "a C major chord, soft"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    def get(name: str) -> Path:
-        if name not in _PIPES:
-            _PIPES[name] = build_tiny_pipeline(name, tmp_path_factory.mktemp(name))
-        return _PIPES[name]
-
-    return get
+def tiny(tiny_pipelines):
+    return tiny_pipelines
 
 
 def _pipe(path):

@@ -13,20 +13,14 @@ from mmalign.guidance import LatentRewardModel, best_of_n_indices, compute_match
 from mmalign.guidance.guided import LatentLayout, guided_scheduler
 from mmalign.recipes.sample import make_sampler
 from mmalign.registry import ConfigError
-from mmalign.utils.tiny_diffusers import CALL_KWARGS, build_tiny_pipeline
+from mmalign.utils.tiny_diffusers import CALL_KWARGS
 
 torch.set_num_threads(1)
-_PIPES: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    def get(name: str) -> Path:
-        if name not in _PIPES:
-            _PIPES[name] = build_tiny_pipeline(name, tmp_path_factory.mktemp(name))
-        return _PIPES[name]
-
-    return get
+def tiny(tiny_pipelines):
+    return tiny_pipelines
 
 
 def test_guided_velocity_hand_values():

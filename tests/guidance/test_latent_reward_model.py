@@ -19,20 +19,14 @@ from mmalign.config import validate_guidance
 from mmalign.guidance import LatentRewardModel, load_latent_reward_model
 from mmalign.recipes.sample import make_sampler
 from mmalign.utils.metrics import read_metrics
-from mmalign.utils.tiny_diffusers import CALL_KWARGS, build_tiny_pipeline
+from mmalign.utils.tiny_diffusers import CALL_KWARGS
 
 torch.set_num_threads(1)
-_PIPES: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    def get(name: str) -> Path:
-        if name not in _PIPES:
-            _PIPES[name] = build_tiny_pipeline(name, tmp_path_factory.mktemp(name))
-        return _PIPES[name]
-
-    return get
+def tiny(tiny_pipelines):
+    return tiny_pipelines
 
 
 def brightness_pairs(root: Path, n: int = 32) -> Path:
