@@ -51,6 +51,11 @@ WORLDS = {
             "diffusion_dpo": {"objective": {"name": "diffusion_dpo"}},
             "rwr": {"objective": {"name": "rwr", "beta": 0.05}},
             "sft_chosen": {"objective": {"name": "sft"}},
+            # DRAGON (issue 6): on-policy rounds scored by the exemplar reward (soft major chords), never
+            # by the ground truth; judged here like every other row, on all held-out prompts.
+            "dragon_exemplar": {"config": "configs/gym/chords_dragon.yaml",
+                                "eval": {"world": "chords", "num_prompts": 40, "samples_per_prompt": 8,
+                                         "tolerance": 0.05}},
         },
     },
     "arith": {
@@ -60,6 +65,13 @@ WORLDS = {
             "dpo_ipo": {"objective": {"name": "dpo", "loss_type": "ipo", "beta": 0.5}},
             "dpo_robust": {"objective": {"name": "dpo", "loss_type": "robust", "label_smoothing": 0.1}},
             "sft_chosen": {"objective": {"name": "sft"}},
+            # Investigation rows (sigmoid DPO at the shipped beta 0.1 did not beat SFT-on-chosen): a larger
+            # beta, a smaller learning rate, and RPO's NLL term on the chosen completion.
+            "dpo_sigmoid_beta0.5": {"objective": {"name": "dpo", "loss_type": "sigmoid", "beta": 0.5}},
+            "dpo_sigmoid_lr5e-4": {"objective": {"name": "dpo", "loss_type": "sigmoid"}, "optim": {"lr": 5.0e-4}},
+            "dpo_sigmoid_rpo": {"objective": {"name": "dpo", "loss_type": "sigmoid", "rpo_alpha": 1.0}},
+            # DRAGON (issue 6): online iterative DPO, 2 rounds x 64 prompts x 4 samples (512 labelled samples)
+            "dragon_online": {"config": "configs/gym/arith_dragon.yaml"},
         },
     },
 }
@@ -77,16 +89,21 @@ def merge(base: dict, update: dict) -> dict:
 
 def run_one(world: str, optimizer: str, seed: int, out_root: Path, steps: int | None) -> dict:
     spec = WORLDS[world]
-    base_cfg = yaml.safe_load((ROOT / spec["config"]).read_text())
-    cfg = merge(base_cfg, spec["optimizers"][optimizer])
+    settings = dict(spec["optimizers"][optimizer])
+    own_config = settings.pop("config", None)  # an online recipe: its own config, its own on-policy data
+    base_cfg = yaml.safe_load((ROOT / (own_config or spec["config"])).read_text())
+    cfg = merge(base_cfg, settings)
     cfg["seed"] = seed
     cfg["output_dir"] = str(out_root / world / optimizer / f"seed{seed}")
-    # every run trains on the same pairs: generate them once per world
-    cfg["data"] = {**cfg["data"], "out_dir": str(out_root / world / "data"), "data_seed": 0}
+    if own_config is None:  # every offline run trains on the same pairs: generated once per world
+        cfg["data"] = {**cfg["data"], "out_dir": str(out_root / world / "data"), "data_seed": 0}
     cfg["train"] = {**cfg.get("train", {}), "progress": False}
-    if steps:
+    if steps and own_config is None:
         cfg["train"]["max_steps"] = steps
     path = Path(cfg["output_dir"]) / "bench.yaml"
+    done = Path(cfg["output_dir"]) / "result.json"
+    if done.is_file() and path.is_file() and path.read_text() == yaml.safe_dump(cfg):
+        return json.loads(done.read_text())  # the same run finished before: reuse it
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     t0 = time.perf_counter()
@@ -97,6 +114,7 @@ def run_one(world: str, optimizer: str, seed: int, out_root: Path, steps: int | 
         raise RuntimeError(f"{world}/{optimizer}/seed{seed} failed:\n{proc.stderr[-3000:]}")
     result = json.loads((Path(cfg["output_dir"]) / "eval" / "eval.json").read_text())
     result["seconds"] = time.perf_counter() - t0
+    done.write_text(json.dumps(result, indent=2))
     return result
 
 
