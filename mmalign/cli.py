@@ -24,7 +24,12 @@ def _load(args):
     overrides = list(args.overrides)
     if getattr(args, "resume", False):
         overrides.append("train.resume=true")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    if cfg.accelerate.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.accelerate.threads)
+    return cfg
 
 
 def cmd_train(args) -> int:

@@ -52,6 +52,12 @@ class AccelerateConfig:
         metadata={"help": "Experiment trackers: tensorboard, wandb, ... ([] for none)."},
     )
     project_name: str = "mmalign"
+    threads: int | None = field(
+        default=None,
+        metadata={"help": "CPU threads of torch (torch.set_num_threads) for the run; None = torch's default. "
+                          "Tiny models on a few cores run fastest with 1: extra threads of small ops "
+                          "mostly wait on each other, and far worse when another process holds a core."},
+    )
 
 
 @dataclass
@@ -372,6 +378,8 @@ def validate(data: dict) -> RunConfig:
         sections[kind] = validate_component(kind, value, kind)
     train = build_dataclass(recipe.TrainConfig, data.get("train") or {}, "train")
     accel = build_dataclass(AccelerateConfig, data.get("accelerate") or {}, "accelerate")
+    if accel.threads is not None and accel.threads < 1:
+        raise ConfigError(f"accelerate.threads: must be >= 1 (or null for torch's default), got {accel.threads}")
     sample = build_dataclass(SampleConfig, data.get("sample") or {}, "sample")
     evaluation = build_dataclass(EvalConfig, data.get("eval") or {}, "eval")
     guidance = validate_guidance(data.get("guidance") or {})

@@ -38,12 +38,29 @@ def test_override_creates_nested_sections():
         ("accelerate.mixed_precision=fp8", "accelerate.mixed_precision"),
         ("reward.name=clip_scor", "reward.name: unknown reward 'clip_scor'; did you mean 'clip_score'?"),
         ("eval.num_prompt=3", "eval.num_prompt: unknown key; did you mean 'num_prompts'?"),
+        ("accelerate.threads=0", "accelerate.threads: must be >= 1"),
     ],
 )
 def test_bad_configs_name_the_key_and_the_nearest_valid_one(make_config, override, message):
     with pytest.raises(ConfigError) as err:
         load_config(make_config(), [override])
     assert message in str(err.value)
+
+
+def test_accelerate_threads_sets_torchs_cpu_threads(make_config):
+    import torch
+
+    from mmalign.cli import _load
+
+    class Args:
+        config, overrides = str(make_config()), ["accelerate.threads=1"]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _load(Args).accelerate.threads == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_missing_required_section_and_argument(make_config, tmp_path):
