@@ -61,15 +61,16 @@ WORLDS = {
     "arith": {
         "config": "configs/gym/arith_dpo.yaml",
         "optimizers": {
-            "dpo_sigmoid": {"objective": {"name": "dpo", "loss_type": "sigmoid"}},
+            "dpo_sigmoid": {"objective": {"name": "dpo", "loss_type": "sigmoid", "beta": 0.1}},
             "dpo_ipo": {"objective": {"name": "dpo", "loss_type": "ipo", "beta": 0.5}},
-            "dpo_robust": {"objective": {"name": "dpo", "loss_type": "robust", "label_smoothing": 0.1}},
+            "dpo_robust": {"objective": {"name": "dpo", "loss_type": "robust", "label_smoothing": 0.1, "beta": 0.1}},
             "sft_chosen": {"objective": {"name": "sft"}},
-            # Investigation rows (sigmoid DPO at the shipped beta 0.1 did not beat SFT-on-chosen): a larger
-            # beta, a smaller learning rate, and RPO's NLL term on the chosen completion.
+            # Investigation rows (sigmoid DPO at beta 0.1 did not beat SFT-on-chosen): a larger beta (now the
+            # shipped setting), a smaller learning rate, and RPO's NLL term on the chosen completion.
             "dpo_sigmoid_beta0.5": {"objective": {"name": "dpo", "loss_type": "sigmoid", "beta": 0.5}},
-            "dpo_sigmoid_lr5e-4": {"objective": {"name": "dpo", "loss_type": "sigmoid"}, "optim": {"lr": 5.0e-4}},
-            "dpo_sigmoid_rpo": {"objective": {"name": "dpo", "loss_type": "sigmoid", "rpo_alpha": 1.0}},
+            "dpo_sigmoid_lr5e-4": {"objective": {"name": "dpo", "loss_type": "sigmoid", "beta": 0.1},
+                                   "optim": {"lr": 5.0e-4}},
+            "dpo_sigmoid_rpo": {"objective": {"name": "dpo", "loss_type": "sigmoid", "beta": 0.1, "rpo_alpha": 1.0}},
             # DRAGON (issue 6): online iterative DPO, 2 rounds x 64 prompts x 4 samples (512 labelled samples)
             "dragon_online": {"config": "configs/gym/arith_dragon.yaml"},
         },
