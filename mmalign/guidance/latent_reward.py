@@ -184,8 +184,12 @@ class LatentRewardModel(RewardModelState):
         return self.pipe
 
     def _probe_shapes(self) -> tuple[int, int, int]:
-        """Latent channels and rank, and the pooled prompt width, from one encoded dummy item."""
-        probe = {"image": torch.zeros(1, 3, 16, 16), "video": torch.zeros(1, 3, 9, 32, 32)}.get(self.family.modality)
+        """Latent channels and rank, and the pooled prompt width, from one encoded dummy item (of the configured
+        resolution and frame count where set: a VAE may accept only some, e.g. the moving_digits LTX codec's
+        whole 2-frame × 8×8 patches, 8 frames and not the 8k+1 of stock LTX)."""
+        h, w = self.resolution or ((16, 16) if self.family.modality == "image" else (32, 32))
+        probe = {"image": torch.zeros(1, 3, h, w),
+                 "video": torch.zeros(1, 3, self.num_frames or 9, h, w)}.get(self.family.modality)
         if probe is None:
             channels = getattr(self.family, "audio_channels", 2)
             probe = torch.zeros(1, channels, int(self.family.sample_rate * (self.seconds or 1.0)))
