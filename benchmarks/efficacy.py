@@ -35,6 +35,8 @@ WORLDS = {
             "flow_dpo": {"objective": {"name": "flow_dpo"}},
             "flow_rwr": {"objective": {"name": "rwr", "beta": 0.05}},
             "sft_chosen": {"objective": {"name": "sft"}},
+            # Flow-DPO at beta 100, the first quickstart setting (it did not beat SFT-on-chosen)
+            "flow_dpo_beta100": {"objective": {"name": "flow_dpo", "beta": 100.0}},
         },
     },
     "moving_digits": {
@@ -48,9 +50,13 @@ WORLDS = {
     "chords": {
         "config": "configs/gym/chords_dpo.yaml",
         "optimizers": {
-            "diffusion_dpo": {"objective": {"name": "diffusion_dpo"}},
+            "diffusion_dpo": {"objective": {"name": "diffusion_dpo", "beta": 100.0}},
             "rwr": {"objective": {"name": "rwr", "beta": 0.05}},
             "sft_chosen": {"objective": {"name": "sft"}},
+            # Investigation rows (Diffusion-DPO at beta 100 did not beat SFT-on-chosen; on digits a smaller
+            # beta was what helped Flow-DPO)
+            "diffusion_dpo_beta30": {"objective": {"name": "diffusion_dpo", "beta": 30.0}},
+            "diffusion_dpo_beta10": {"objective": {"name": "diffusion_dpo", "beta": 10.0}},
             # DRAGON (issue 6): on-policy rounds scored by the exemplar reward (soft major chords), never
             # by the ground truth; judged here like every other row, on all held-out prompts.
             "dragon_exemplar": {"config": "configs/gym/chords_dragon.yaml",
