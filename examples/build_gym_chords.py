@@ -65,6 +65,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import torch.nn.functional as F
 
+from mmalign.gym.build import fresh_build_dir, limit_threads, train_step
 from mmalign.gym.chords import (EVAL_TEMPLATES, INTERVALS, NUM_SAMPLES, OCTAVE_BASE, PITCH_CLASS, SAMPLE_RATE, SECONDS,
                                 TIMBRES, TRAIN_TEMPLATES, Chords, ChordsReward, add_noise, all_contents, analyse,
                                 chord_prompt, hard_clip, note_wave, parse_prompt, synth_clip, to_mono)
@@ -287,15 +288,7 @@ def train_transformer(pipe, family, latents, captions, args, t0) -> None:
         t = family.sample_train_timesteps(b, {}, generator=g, device="cpu")
         x_t, target = family.noisy_and_target(x0, eps, t, {})
         loss = F.mse_loss(family.forward(pipe.transformer, x_t, t, cond).float(), target.float())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), trained.parameters()):
-                pe.lerp_(p, 1 - decay)
+        train_step(loss, trained, ema, opt, sched, step, max_decay=args.ema)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 250 == 0 or step == args.steps - 1:
             log(f"transformer step {step:5d}  loss {running:.4f}  lr {sched.get_last_lr()[0]:.2e}", t0)
@@ -366,13 +359,7 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=336, help="base samples per split for build.json")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    try:  # BLAS threads starve torch's on a small machine
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
+    limit_threads(args.threads)
     from diffusers import (CosineDPMSolverMultistepScheduler, DiffusionPipeline, StableAudioPipeline,
                            StableAudioProjectionModel)
 
@@ -381,9 +368,7 @@ def main() -> None:
 
     t0 = time.time()
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_build_dir(out)
 
     atoms = make_atoms()
     vae = analytic_vae(atoms)

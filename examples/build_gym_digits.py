@@ -40,6 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import torch.nn.functional as F
 
+from mmalign.gym.build import fresh_build_dir, limit_threads, train_step
 from mmalign.gym.digits import (EVAL_TEMPLATES, T5_LENGTH, TRAIN_TEMPLATES, DigitClassifier, Digits, DigitsReward,
                                 load_real_digits, parse_digit, vq_statistics)
 
@@ -293,15 +294,7 @@ def train_transformer(pipe, latents, labels, prompts, args, t0, probe=None) -> N
         pred = pipe.transformer(hidden_states=x_t, encoder_hidden_states=ctx, pooled_projections=pooled[prompt],
                                 timestep=t * 1000, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), (eps - x0).float())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), trained.parameters()):
-                pe.lerp_(p, 1 - decay)
+        train_step(loss, trained, ema, opt, sched, step, max_decay=args.ema)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 250 == 0 or step == args.steps - 1:
             log(f"transformer step {step:5d}  loss {running:.4f}  lr {sched.get_last_lr()[0]:.2e}", t0)
@@ -359,21 +352,13 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=1000)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    try:  # BLAS threads starve torch's on a small machine
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
+    limit_threads(args.threads)
     from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from safetensors.torch import save_file
 
     t0 = time.time()
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_build_dir(out)
     gray, labels = load_real_digits(16)
     pixels = (gray * 2 - 1).repeat(1, 3, 1, 1)
     log(f"data: {len(gray)} digits at 16×16", t0)

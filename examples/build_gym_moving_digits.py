@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from mmalign.adapters.diffusion import shift_sigmas
+from mmalign.gym.build import fresh_build_dir, limit_threads, train_step
 from mmalign.gym.moving_digits import (CANVAS, DIRECTIONS, FRAMES, T5_LENGTH, TEMPLATES, FrameClassifier,
                                        MovingDigits, MovingDigitsReward, all_prompts, glyph_pool, load_glyphs, make_clips,
                                        placements, render_clips, vq_statistics)
@@ -283,15 +284,7 @@ def train_transformer(pipe, family, basis, mean, args, t0) -> None:
         x_t, target = family.noisy_and_target(x0, eps, t, {})
         pred = family.forward(pipe.transformer, x_t, t, cond)
         loss = F.mse_loss(pred.float(), target.float())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), trained.parameters()):
-                pe.lerp_(p, 1 - decay)
+        train_step(loss, trained, ema, opt, sched, step, max_decay=args.ema)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 250 == 0 or step == args.steps - 1:
             log(f"transformer step {step:5d}  loss {running:.4f}  lr {sched.get_last_lr()[0]:.2e}", t0)
@@ -363,13 +356,7 @@ def main() -> None:
     global PATCH, PATCH_T
     PATCH, PATCH_T = args.patch, args.patch_t
 
-    torch.set_num_threads(args.threads)
-    try:  # BLAS threads starve torch's on a small machine
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:
-        pass
+    limit_threads(args.threads)
     from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, LTXPipeline
     from safetensors.torch import save_file
 
@@ -377,9 +364,7 @@ def main() -> None:
 
     t0 = time.time()
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_build_dir(out)
 
     if args.judge_from:  # experiments: reuse a built judge
         for name in ("classifier.safetensors", "classifier.json"):
