@@ -55,7 +55,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -65,7 +64,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import torch.nn.functional as F
 
-from mmalign.gym.build import fresh_build_dir, limit_threads, train_step
+from mmalign.gym.build import finish_build, fresh_build_dir, limit_threads, log, train_step
 from mmalign.gym.chords import (EVAL_TEMPLATES, INTERVALS, NUM_SAMPLES, OCTAVE_BASE, PITCH_CLASS, SAMPLE_RATE, SECONDS,
                                 TIMBRES, TRAIN_TEMPLATES, Chords, ChordsReward, add_noise, all_contents, analyse,
                                 chord_prompt, hard_clip, note_wave, parse_prompt, synth_clip, to_mono)
@@ -80,9 +79,6 @@ ATOM_SCALE = 0.1  # a note atom's fundamental amplitude; keeps the corpus latent
 NOISE_ATOM_RMS = 0.01
 TEXT_LENGTH = 24  # T5 tokenizer model_max_length (every caption is shorter)
 
-
-def log(msg: str, t0: float) -> None:
-    print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
 
 def atom_index(midi: int, timbre: str) -> int:
@@ -459,11 +455,7 @@ def main() -> None:
             enumerate((r, q) for r in ("C", "E", "A") for q in ("major", "minor", "note"))]
     grid = [p for p in grid for _ in range(2)][:16]
     spectrogram_grid(sample(pipe, grid, seed=1, **kwargs), grid, tmp / "base_samples.png")
-    report["build_seconds"] = round(time.time() - t0, 1)
-    (tmp / "build.json").write_text(json.dumps(report, indent=1) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
-    log(f"done: {out}", t0)
+    finish_build(tmp, out, report, t0)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -40,16 +39,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import torch.nn.functional as F
 
-from mmalign.gym.build import fresh_build_dir, limit_threads, train_step
+from mmalign.gym.build import finish_build, fresh_build_dir, holdout_split, limit_threads, log, train_step
 from mmalign.gym.digits import (EVAL_TEMPLATES, T5_LENGTH, TRAIN_TEMPLATES, DigitClassifier, Digits, DigitsReward,
                                 load_real_digits, parse_digit, vq_statistics)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = TRAIN_TEMPLATES + EVAL_TEMPLATES
 
-
-def log(msg: str, t0: float) -> None:
-    print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
 
 def shift_pixels(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
@@ -65,9 +61,7 @@ def shift_pixels(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> tor
 
 def train_classifier(x, y, args, t0):
     g = torch.Generator().manual_seed(1)
-    perm = torch.randperm(len(x), generator=g)
-    n_hold = int(0.2 * len(x))
-    hold, train = perm[:n_hold], perm[n_hold:]
+    hold, train = holdout_split(len(x), g)
     torch.manual_seed(1)
     model = DigitClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -86,8 +80,8 @@ def train_classifier(x, y, args, t0):
         probs = model(x[hold]).softmax(-1)
     acc = (probs.argmax(-1) == y[hold]).float().mean().item()
     ta = probs.gather(1, y[hold][:, None]).mean().item()
-    log(f"classifier: held-out accuracy {acc:.4f}, mean prob of the true digit {ta:.4f} ({n_hold} images)", t0)
-    return model, {"holdout_accuracy": acc, "holdout_true_prob": ta, "holdout_size": n_hold,
+    log(f"classifier: held-out accuracy {acc:.4f}, mean prob of the true digit {ta:.4f} ({len(hold)} images)", t0)
+    return model, {"holdout_accuracy": acc, "holdout_true_prob": ta, "holdout_size": len(hold),
                    "holdout_indices_seed": 1}, hold
 
 
@@ -447,11 +441,7 @@ def main() -> None:
         f"VQ {report['uniform_noise']['VQ']:.3f}", t0)
     grid_prompts = [f"a handwritten {d}" for d in range(10) for _ in range(12)]
     image_grid(sample(pipe, grid_prompts, seed=1, **kwargs), tmp / "base_samples.png", nrow=12)
-    report["build_seconds"] = round(time.time() - t0, 1)
-    (tmp / "build.json").write_text(json.dumps(report, indent=1) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
-    log(f"done: {out}", t0)
+    finish_build(tmp, out, report, t0)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from mmalign.adapters.diffusion import shift_sigmas
-from mmalign.gym.build import fresh_build_dir, limit_threads, train_step
+from mmalign.gym.build import finish_build, fresh_build_dir, holdout_split, limit_threads, log, train_step
 from mmalign.gym.moving_digits import (CANVAS, DIRECTIONS, FRAMES, T5_LENGTH, TEMPLATES, FrameClassifier,
                                        MovingDigits, MovingDigitsReward, all_prompts, glyph_pool, load_glyphs, make_clips,
                                        placements, render_clips, vq_statistics)
@@ -70,9 +70,6 @@ PATCH, PATCH_T = 8, 2  # set from --patch / --patch-t in main()
 BIG = 1e6  # the constant channel that linearises the VAE's RMSNorm + SiLU heads
 
 
-def log(msg: str, t0: float) -> None:
-    print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
-
 
 # --------------------------------------------------------------------------- 1. judge
 
@@ -80,9 +77,7 @@ def log(msg: str, t0: float) -> None:
 def train_classifier(args, t0):
     glyphs, labels = load_glyphs()
     g = torch.Generator().manual_seed(1)
-    perm = torch.randperm(len(glyphs), generator=g)
-    n_hold = int(0.2 * len(glyphs))
-    hold, train = perm[:n_hold], perm[n_hold:]
+    hold, train = holdout_split(len(glyphs), g)
     torch.manual_seed(1)
     model = FrameClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -109,7 +104,7 @@ def train_classifier(args, t0):
     acc = (probs.argmax(-1) == y).float().mean().item()
     ta = probs.gather(1, y[:, None]).mean().item()
     log(f"classifier: held-out frame accuracy {acc:.4f}, mean prob of the true digit {ta:.4f}", t0)
-    return model, {"holdout_frame_accuracy": acc, "holdout_true_prob": ta, "holdout_digits": n_hold,
+    return model, {"holdout_frame_accuracy": acc, "holdout_true_prob": ta, "holdout_digits": len(hold),
                    "holdout_indices_seed": 1}, hold
 
 
@@ -431,11 +426,7 @@ def main() -> None:
     grid_prompts = [f"a {d} moving {m}" for d in range(10) for m in DIRECTIONS[:2]] + \
                    [f"a {d} moving {m}" for d in range(10) for m in DIRECTIONS[2:]]
     clip_grid(sample(pipe, grid_prompts, seed=1, **kwargs), tmp / "base_samples.png")
-    report["build_seconds"] = round(time.time() - t0, 1)
-    (tmp / "build.json").write_text(json.dumps(report, indent=1) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
-    log(f"done: {out}", t0)
+    finish_build(tmp, out, report, t0)
 
 
 if __name__ == "__main__":

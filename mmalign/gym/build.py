@@ -1,10 +1,12 @@
-"""What the gym worlds' build scripts (``examples/build_gym_*.py``) share: thread limits, a fresh
-output folder that replaces the old one only when the build completes, and the EMA training step
-of their denoisers."""
+"""What the gym worlds' build scripts (``examples/build_gym_*.py``) share: thread limits, timed log
+lines, the judge's held-out split, a fresh output folder that replaces the old one only when the
+build completes, and the EMA training step of their denoisers."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -22,6 +24,18 @@ def limit_threads(threads: int) -> None:
         pass
 
 
+def log(msg: str, t0: float) -> None:
+    """``[  12.3s] msg``: seconds since ``t0``."""
+    print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
+
+
+def holdout_split(n: int, g: torch.Generator, share: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(held_out, train)`` indices of ``n`` items: a ``share`` drawn with ``g`` for the judge's accuracy."""
+    perm = torch.randperm(n, generator=g)
+    n_hold = int(share * n)
+    return perm[:n_hold], perm[n_hold:]
+
+
 def fresh_build_dir(out: str | Path) -> Path:
     """An empty ``OUT.tmp`` next to ``out``; the script renames it to ``out`` once everything is written."""
     out = Path(out)
@@ -29,6 +43,16 @@ def fresh_build_dir(out: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
+
+
+def finish_build(tmp: Path, out: str | Path, report: dict, t0: float) -> None:
+    """Write ``build.json`` (with the build time) into ``tmp`` and swap it in for ``out``."""
+    out = Path(out)
+    report["build_seconds"] = round(time.time() - t0, 1)
+    (tmp / "build.json").write_text(json.dumps(report, indent=1) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    log(f"done: {out}", t0)
 
 
 def train_step(loss: torch.Tensor, trained: nn.Module, ema: nn.Module, opt, sched, step: int, *,

@@ -110,13 +110,14 @@ def generated_data(world_name: str | None, run, *, num_prompts: int, candidates:
     """Generate (or reuse, when the same settings already produced it) the pairs of a run's base model."""
     from mmalign import registry
     from mmalign.gym.base import get_world
-    from mmalign.recipes.sample import make_sampler
+    from mmalign.recipes.sample import SAMPLER_KEYS, make_sampler
 
     world = get_world(world_name) if world_name else None
     if world is None and run.reward is None:
         raise ValueError("generated_pairs: set data.world, or give the run a reward section to label with")
     out = Path(out_dir or Path(run.output_dir) / "generated")
-    tag = fingerprint(world=world_name, prompts=prompts_file, adapter=run.adapter, reward=run.reward, n=num_prompts, k=candidates,
+    base = {k: run.adapter.get(k) for k in SAMPLER_KEYS}  # LoRA/training settings do not change base samples
+    tag = fingerprint(world=world_name, prompts=prompts_file, adapter=base, reward=run.reward, n=num_prompts, k=candidates,
                       p=pairs_per_prompt, annotator=asdict(annotator), seed=seed)
     marker = out / "fingerprint.txt"
     if (out / "pairs.jsonl").is_file() and marker.is_file() and marker.read_text() == tag:

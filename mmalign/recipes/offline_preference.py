@@ -97,29 +97,14 @@ class OfflinePreference:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedType, set_seed
+        from accelerate.utils import DistributedType
 
         cfg, tcfg = self.cfg, self.cfg.train
         acfg = cfg.accelerate
-        self.out.mkdir(parents=True, exist_ok=True)
         self.ckpt_root = self.out / "checkpoints"
-        resume_from = ckpt.latest_checkpoint(self.ckpt_root) if tcfg.resume else None
-        if not tcfg.resume and ckpt.list_checkpoints(self.ckpt_root):
-            raise FileExistsError(
-                f"{self.ckpt_root} already holds checkpoints; pass train.resume=true (or --resume) to continue, "
-                "or choose another output_dir"
-            )
-        # accelerate only sets up multi-process CPU training (gloo) when told cpu=True.
-        cpu_ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-        self.accelerator = accel = Accelerator(
-            gradient_accumulation_steps=tcfg.gradient_accumulation_steps,
-            mixed_precision=acfg.mixed_precision,
-            cpu=acfg.cpu or cpu_ranks,
-            log_with=acfg.log_with or None,
-            project_dir=str(self.out),
-        )
-        set_seed(cfg.seed)
+        self.accelerator, resume_from = start_run(cfg, self.ckpt_root,
+                                                  gradient_accumulation_steps=tcfg.gradient_accumulation_steps)
+        accel = self.accelerator
         self.main = accel.is_main_process
 
         self.data = registry.build("data", cfg.data, seed=cfg.seed, run=cfg)
@@ -318,10 +303,7 @@ class OfflinePreference:
 
     def _log(self, values: dict[str, float], split: str) -> None:
         values.update(self.summarize(values))
-        if self.main:
-            self.metrics.write(self.step, split, values)
-        if self.cfg.accelerate.log_with:
-            self.accelerator.log({f"{split}/{k}": v for k, v in values.items()}, step=self.step)
+        log_values(self, values, split)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -384,6 +366,44 @@ class OfflinePreference:
             self.world_eval = run_eval(self.cfg)
             print(f"[mmalign] {self.cfg.eval.world}: {summary_line(self.world_eval)}")
         return result
+
+
+def start_run(cfg: RunConfig, ckpt_root: Path, *, gradient_accumulation_steps: int = 1):
+    """What every training recipe does first: refuse to overwrite checkpoints unless resuming, build
+    the ``Accelerator`` from the ``accelerate:`` section, seed. Returns ``(accelerator, checkpoint to
+    resume from or None)``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume = cfg.train.resume
+    resume_from = ckpt.latest_checkpoint(ckpt_root) if resume else None
+    if not resume and ckpt.list_checkpoints(ckpt_root):
+        raise FileExistsError(
+            f"{ckpt_root} already holds checkpoints; pass train.resume=true (or --resume) to continue, "
+            "or choose another output_dir"
+        )
+    # accelerate only sets up multi-process CPU training (gloo) when told cpu=True.
+    cpu_ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    acfg = cfg.accelerate
+    accelerator = Accelerator(
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        mixed_precision=acfg.mixed_precision,
+        cpu=acfg.cpu or cpu_ranks,
+        log_with=acfg.log_with or None,
+        project_dir=str(out),
+    )
+    set_seed(cfg.seed)
+    return accelerator, resume_from
+
+
+def log_values(trainer, values: dict, split: str) -> None:
+    """One metrics row: ``metrics.jsonl`` on the main process, and the configured trackers."""
+    if trainer.main:
+        trainer.metrics.write(trainer.step, split, values)
+    if trainer.cfg.accelerate.log_with:
+        trainer.accelerator.log({f"{split}/{k}": v for k, v in values.items()}, step=trainer.step)
 
 
 def _to(batch: dict, device) -> dict:

@@ -28,7 +28,6 @@ every round (``checkpoints/step-<round>``, safetensors) and ``--resume`` continu
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from contextlib import contextmanager
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 from mmalign import registry
 from mmalign.config import RunConfig, save_config
 from mmalign.optim import build_scheduler
-from mmalign.recipes.offline_preference import _flat, _to, batch_indices
+from mmalign.recipes.offline_preference import _flat, _to, batch_indices, log_values, start_run
 from mmalign.rewards.base import weighted_sum
 from mmalign.utils import checkpoint as ckpt
 from mmalign.utils.metrics import MetricsFile, plot_metrics, read_metrics
@@ -244,20 +243,10 @@ class Online:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
         cfg, tcfg = self.cfg, self.cfg.train
-        self.out.mkdir(parents=True, exist_ok=True)
         self.ckpt_root = self.out / "checkpoints"
-        resume_from = ckpt.latest_checkpoint(self.ckpt_root) if tcfg.resume else None
-        if not tcfg.resume and ckpt.list_checkpoints(self.ckpt_root):
-            raise FileExistsError(f"{self.ckpt_root} already holds checkpoints; pass --resume or another output_dir")
-        cpu_ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-        self.accelerator = accel = Accelerator(mixed_precision=cfg.accelerate.mixed_precision,
-                                               cpu=cfg.accelerate.cpu or cpu_ranks,
-                                               log_with=cfg.accelerate.log_with or None, project_dir=str(self.out))
-        set_seed(cfg.seed)
+        self.accelerator, resume_from = start_run(cfg, self.ckpt_root)
+        accel = self.accelerator
         self.main = accel.is_main_process
         self.source: PromptSource = registry.build("data", cfg.data, seed=cfg.seed)
         self.objective = registry.build("objective", cfg.objective)
@@ -516,10 +505,7 @@ class Online:
         return values
 
     def _log(self, values: dict, split: str) -> None:
-        if self.main:
-            self.metrics.write(self.step, split, values)
-        if self.cfg.accelerate.log_with:
-            self.accelerator.log({f"{split}/{k}": v for k, v in values.items()}, step=self.step)
+        log_values(self, values, split)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:

@@ -221,6 +221,11 @@ def run_sample(cfg: RunConfig) -> list[Path]:
     return sample_diffusion(cfg, out_dir, prompts)
 
 
+# The adapter keys make_sampler reads: what a base model's samples depend on (LoRA and training
+# settings do not), e.g. for fingerprinting generated data.
+SAMPLER_KEYS = ("name", "pretrained", "family", "tokenizer")
+
+
 def make_sampler(adapter_cfg: dict, weights: Path | None, sample_kwargs: dict, *, device: str | None = None,
                  guidance=None):
     """``sampler(prompts, seeds) -> samples`` for a base (``weights=None``) or fine-tuned model:

@@ -7,7 +7,6 @@ latent best-of-N; and ``mmalign sample`` with guidance overrides."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,20 +15,18 @@ import yaml
 
 from mmalign.cli import main
 from mmalign.config import validate_guidance
-from mmalign.guidance import LatentRewardModel, guidance_coefficient
+from mmalign.guidance import guidance_coefficient
 from mmalign.guidance.guided import LatentLayout, edm_noise_level, guided_scheduler
 from mmalign.recipes.sample import make_sampler
 from mmalign.registry import ConfigError
 from mmalign.utils.tiny_diffusers import CALL_KWARGS
 
+from .conftest import untrained_rm
+
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 PROMPT = "a C major chord, soft"
 
-
-@pytest.fixture(scope="module")
-def tiny(tiny_pipelines):
-    return tiny_pipelines
 
 
 def _pipe(path):
@@ -128,15 +125,9 @@ def test_hook_outside_window_is_bit_identical(tiny):
     assert torch.equal(hooked, base)
 
 
-def _untrained_rm(tmp_path, pipeline: Path, dims=("pitch", "quality")) -> Path:
-    out = tmp_path / "rm"
-    LatentRewardModel(str(pipeline), dims=list(dims), width=8, depth=2, seconds=1.0).save_pretrained(str(out))
-    return out
-
-
 def test_weight_zero_equals_unguided_exactly_and_guidance_changes_audio(tiny, tmp_path):
     path = tiny("stable_audio")
-    rm = _untrained_rm(tmp_path, path)
+    rm = untrained_rm(tmp_path, path, ("pitch", "quality"), seconds=1.0)
     adapter = {"name": "diffusion", "pretrained": str(path)}
     kwargs = {**CALL_KWARGS["stable_audio"], "num_inference_steps": 3, "guidance_scale": 1.0}
     prompts, seeds = [PROMPT, "a D minor chord, bright"], [5, 6]
@@ -220,7 +211,7 @@ def test_ddpm_audio_is_still_a_clear_error(tiny, tmp_path):
 
 def test_cli_sample_with_guidance_overrides(tiny, tmp_path, capsys):
     path = tiny("stable_audio")
-    rm = _untrained_rm(tmp_path, path)
+    rm = untrained_rm(tmp_path, path, ("pitch", "quality"), seconds=1.0)
     cfg = {"recipe": "latent_reward_model", "seed": 0, "output_dir": str(tmp_path / "run"),
            "adapter": {"name": "latent_reward_model", "pretrained": str(path), "dims": ["pitch", "quality"],
                        "seconds": 1.0},

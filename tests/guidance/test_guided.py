@@ -3,24 +3,21 @@ SD3 and Flux pipelines (packed latents), the t window, and weight/scale 0 = ungu
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from mmalign.config import validate_guidance
-from mmalign.guidance import LatentRewardModel, best_of_n_indices, compute_matched_n, guidance_coefficient, guided_velocity
+from mmalign.guidance import best_of_n_indices, compute_matched_n, guidance_coefficient, guided_velocity
 from mmalign.guidance.guided import LatentLayout, guided_scheduler
 from mmalign.recipes.sample import make_sampler
 from mmalign.registry import ConfigError
 from mmalign.utils.tiny_diffusers import CALL_KWARGS
 
+from .conftest import untrained_rm
+
 torch.set_num_threads(1)
 
-
-@pytest.fixture(scope="module")
-def tiny(tiny_pipelines):
-    return tiny_pipelines
 
 
 def test_guided_velocity_hand_values():
@@ -100,16 +97,9 @@ def test_window_leaves_outside_steps_untouched(tiny):
         assert torch.equal(step["guided"], step["velocity"]) != inside, step["sigma"]
 
 
-def _untrained_rm(tmp_path, pipeline: Path, dims=("TA", "VQ"), **kw) -> Path:
-    rm = LatentRewardModel(str(pipeline), dims=list(dims), width=8, depth=2, **kw)
-    out = tmp_path / "rm"
-    rm.save_pretrained(str(out))
-    return out
-
-
 def test_weight_zero_and_scale_zero_equal_unguided_exactly(tiny, tmp_path):
     path = tiny("sd3")
-    rm = _untrained_rm(tmp_path, path)
+    rm = untrained_rm(tmp_path, path)
     adapter = {"name": "diffusion", "pretrained": str(path)}
     kwargs = {**CALL_KWARGS["sd3"], "num_inference_steps": 3, "guidance_scale": 1.0}
     prompts, seeds = ["a red cat", "a blue dog"], [5, 6]
@@ -125,7 +115,7 @@ def test_weight_zero_and_scale_zero_equal_unguided_exactly(tiny, tmp_path):
 
 def test_unknown_dimension_names_the_valid_ones(tiny, tmp_path):
     path = tiny("sd3")
-    rm = _untrained_rm(tmp_path, path)
+    rm = untrained_rm(tmp_path, path)
     g = validate_guidance({"reward_model": str(rm), "weights": {"TX": 1.0}})
     with pytest.raises(ConfigError, match=r"guidance\.weights\.TX.*did you mean 'TA'.*TA, VQ"):
         make_sampler({"name": "diffusion", "pretrained": str(path)}, None, CALL_KWARGS["sd3"], device="cpu", guidance=g)

@@ -24,10 +24,6 @@ from mmalign.utils.tiny_diffusers import CALL_KWARGS
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_pipelines):
-    return tiny_pipelines
-
 
 def brightness_pairs(root: Path, n: int = 32) -> Path:
     """Pairs of a bright and a dark noisy image (in random order); dim ``bright`` prefers the bright one,

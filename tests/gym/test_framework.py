@@ -144,3 +144,22 @@ def test_generate_train_and_eval_end_to_end_via_cli(toy_base, tmp_path, capsys):
     assert "| bright |" in report
     assert main(["eval", str(path), "eval.samples_per_prompt=1"]) == 0
     assert "win rate vs base" in capsys.readouterr().out
+
+
+def test_generated_data_is_reused_across_lora_settings_and_redone_when_sampling_changes(toy_base, tmp_path):
+    cfg = {
+        "recipe": "offline_preference", "output_dir": str(tmp_path / "run"),
+        "adapter": {"name": "diffusion", "pretrained": str(toy_base), "lora": {"r": 4, "alpha": 4}, "resolution": 16},
+        "objective": {"name": "flow_dpo"},
+        "data": {"name": "generated_pairs", "world": "toy_bright", "num_prompts": 2, "candidates": 2},
+        "optim": {"name": "adamw"}, "accelerate": {"log_with": []},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    pairs = tmp_path / "run" / "generated" / "pairs.jsonl"
+    assert main(["generate", str(path)]) == 0
+    first = pairs.stat().st_mtime_ns
+    assert main(["generate", str(path), "adapter.lora.r=8", "objective.beta=10.0"]) == 0  # base samples unchanged
+    assert pairs.stat().st_mtime_ns == first
+    assert main(["generate", str(path), "data.num_prompts=3"]) == 0
+    assert pairs.stat().st_mtime_ns != first and len(load_pairs(pairs)) == 3
