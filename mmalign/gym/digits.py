@@ -4,8 +4,8 @@
   ``DiffusionPipeline.from_pretrained``) trained with flow matching on the 1,797 8×8 digits upsampled
   to 16×16 (white ink on black), with 25% of its captions' digits re-drawn at random: at the world's
   ``sample_kwargs`` it draws the prompted digit only about 65% of the time (TA 0.63-0.69 by seed, real
-  digits 0.99), so there is something to align; with ``guidance_scale=2`` it reaches TA ≈ 0.96, so
-  classifier-free guidance is a baseline to beat.
+  digits 0.99), so there is something to align; with ``guidance_scale=2`` it reaches TA 0.975
+  (``benchmarks/gym_reference.py``), so classifier-free guidance is a baseline to beat.
   Its T5 is silent (outputs zeros), so ``max_sequence_length`` only sets a number of zero context
   slots, which the base was trained to ignore; see ``examples/build_gym_digits.py`` and ``build.json``.
 - **Prompts**: twelve caption templates × ten digits. The base saw all of them in pretraining;
